@@ -1,0 +1,17 @@
+# The two commands of the README. Each one installs what it needs first.
+.PHONY: setup benchmark quick test lint
+
+setup:
+	bash scripts/setup.sh
+
+benchmark: setup
+	.venv/bin/python benchmarks/energy_vs_heuristic.py --out results/energy
+
+quick: setup
+	.venv/bin/python benchmarks/energy_vs_heuristic.py --quick --out results/energy-quick
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check steercontrol tests benchmarks examples

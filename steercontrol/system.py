@@ -1,0 +1,815 @@
+"""Linear surrogates of a language model, with depth as discrete time.
+
+The last token's residual stream at the input of block ``k`` is the state
+``x_k``. Around one context the model is reduced, in per-layer orthonormal
+bases ``P_k`` of shape ``(H, d_k)``, to the layer-varying linear system
+
+.. math::
+
+    r_{k+1} = A_k r_k + B_k u_k, \\quad k = 0, \\dots, L-1, \\qquad y = C r_L,
+
+where ``u_k`` is the injection added before block ``k`` runs. This module
+holds that surrogate, its time-invariant approximation and the reductions
+between them. It uses NumPy, SciPy and python-control only, never torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import control
+import numpy as np
+import scipy.linalg
+
+from steercontrol.exceptions import ConfigurationError, ShapeError
+
+__all__ = [
+    "LayerVaryingSurrogate",
+    "TimeInvariantSurrogate",
+    "fit_time_invariant",
+    "balanced_truncation",
+    "hankel_singular_values",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_matrix(value: Any, name: str, *, column: bool = False) -> np.ndarray:
+    """Convert ``value`` to a finite float64 matrix; a 1-D array becomes one row or column."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 1:
+        # (n,) -> (n, 1) for an input column, (1, n) for an output row
+        array = array[:, None] if column else array[None, :]
+    if array.ndim != 2:
+        raise ShapeError(f"{name} must be a 2-D array, got shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise ConfigurationError(f"{name} contains NaN or infinite entries.")
+    return array
+
+
+def _as_state_norms(value: Any, n_layers: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    norms = np.asarray(value, dtype=np.float64)
+    if norms.shape != (n_layers,):
+        raise ShapeError(
+            f"state_norms must have shape ({n_layers},), one norm per layer, got {norms.shape}."
+        )
+    if not np.all(np.isfinite(norms)) or np.any(norms < 0):
+        raise ConfigurationError("state_norms must be finite and non-negative.")
+    return norms
+
+
+def _as_input_directions(
+    value: Any, widths: Sequence[int]
+) -> list[np.ndarray] | None:
+    """Validate per-layer input directions, each of shape (H, m_k)."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        # one (H, m) matrix shared by every layer
+        value = [value] * len(widths)
+    directions = [_as_matrix(d, f"input_directions[{k}]", column=True) for k, d in enumerate(value)]
+    if len(directions) != len(widths):
+        raise ShapeError(
+            f"input_directions must have one entry per layer ({len(widths)}), got {len(directions)}."
+        )
+    hidden_size = directions[0].shape[0]
+    for k, (direction, width) in enumerate(zip(directions, widths)):
+        if direction.shape != (hidden_size, width):
+            raise ShapeError(
+                f"input_directions[{k}] must have shape ({hidden_size}, {width}) to match "
+                f"B[{k}], got {direction.shape}."
+            )
+    return directions
+
+
+def _normalize_layers(layers: Iterable[int] | None, n_layers: int) -> tuple[int, ...]:
+    """Return sorted unique layer indices, raising ConfigurationError on any outside 0..L-1."""
+    if layers is None:
+        return tuple(range(n_layers))
+    if isinstance(layers, (int, np.integer)):
+        layers = [int(layers)]
+    normalized = set()
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ConfigurationError(f"Layer indices must be integers, got {layer!r}.")
+        if not 0 <= layer < n_layers:
+            raise ConfigurationError(
+                f"Layer index {layer} is out of range; valid layers are 0..{n_layers - 1}."
+            )
+        normalized.add(int(layer))
+    if not normalized:
+        raise ConfigurationError("layers is empty; allow at least one layer.")
+    return tuple(sorted(normalized))
+
+
+def _backward_gains(A: Sequence[np.ndarray], B: Sequence[np.ndarray], C: np.ndarray) -> list[np.ndarray]:
+    """Compute G_k = C A_{L-1} ... A_{k+1} B_k for all k by one backward sweep."""
+    gains: list[np.ndarray] = [np.empty(0)] * len(A)
+    # adjoint row block C Phi(L, k+1), shape (n_out, d_{k+1})
+    adjoint = C
+    for k in range(len(A) - 1, -1, -1):
+        gains[k] = adjoint @ B[k]
+        adjoint = adjoint @ A[k]
+    return gains
+
+
+def _validate_schedule(u: Sequence[Any], widths: Sequence[int]) -> list[np.ndarray]:
+    if len(u) != len(widths):
+        raise ShapeError(f"The schedule must have one input per layer ({len(widths)}), got {len(u)}.")
+    inputs = []
+    for k, (value, width) in enumerate(zip(u, widths)):
+        # scalar or (m_k,) -> (m_k,)
+        vector = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if vector.shape != (width,):
+            raise ShapeError(f"u[{k}] must have shape ({width},), got {vector.shape}.")
+        inputs.append(vector)
+    return inputs
+
+
+@dataclass(eq=False)
+class LayerVaryingSurrogate:
+    """Layer-varying linear surrogate ``r_{k+1} = A_k r_k + B_k u_k``, ``y = C r_L``.
+
+    Parameters
+    ----------
+    A : list of ndarray, each (d_{k+1}, d_k)
+        State transition of block ``k`` in the bases of layers ``k`` and ``k+1``.
+    B : list of ndarray, each (d_{k+1}, m_k)
+        Input matrix of the injection added before block ``k``. A 1-D entry is
+        read as one input column.
+    C : ndarray, (n_out, d_L)
+        Readout of the final state. A 1-D array is read as one output row.
+    input_directions : list of ndarray, each (H, m_k), optional
+        Map from the input amplitudes of layer ``k`` to the injection vector in
+        model space. None when unknown.
+    state_norms : ndarray, (L,), optional
+        Norm of the unperturbed state ``x_k``, used for relative caps.
+    metadata : dict
+        Free-form provenance: model id, weight hash, task, readout, order,
+        finite-difference step, basis.
+
+    Raises
+    ------
+    ShapeError
+        If the matrices do not chain (``A_k`` columns must equal ``A_{k-1}``
+        rows) or any other shape disagrees.
+    ConfigurationError
+        If a matrix contains NaN or infinite entries, or a state norm is negative.
+
+    Notes
+    -----
+    The first-order output shift of a schedule is
+    :math:`\\delta y = \\sum_k G_k u_k` with the gain
+    :math:`G_k = C \\Phi(L, k+1) B_k` and
+    :math:`\\Phi(L, j) = A_{L-1} \\cdots A_j` (identity for ``j = L``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sys = LayerVaryingSurrogate(A=[np.eye(2), 2 * np.eye(2)],
+    ...                             B=[np.ones((2, 1)), np.ones((2, 1))],
+    ...                             C=np.array([[1.0, 0.0]]))
+    >>> sys.gain_profile()
+    array([2., 1.])
+    """
+
+    A: list[np.ndarray]
+    B: list[np.ndarray]
+    C: np.ndarray
+    input_directions: list[np.ndarray] | None = None
+    state_norms: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.A = [_as_matrix(a, f"A[{k}]") for k, a in enumerate(self.A)]
+        self.B = [_as_matrix(b, f"B[{k}]", column=True) for k, b in enumerate(self.B)]
+        self.C = _as_matrix(self.C, "C")
+        n_layers = len(self.A)
+        if n_layers == 0:
+            raise ShapeError("A is empty; a surrogate needs at least one layer.")
+        if len(self.B) != n_layers:
+            raise ShapeError(f"B must have one matrix per layer ({n_layers}), got {len(self.B)}.")
+
+        for k in range(1, n_layers):
+            if self.A[k].shape[1] != self.A[k - 1].shape[0]:
+                raise ShapeError(
+                    f"A[{k}] has {self.A[k].shape[1]} columns but A[{k - 1}] has "
+                    f"{self.A[k - 1].shape[0]} rows; d_{k} must agree."
+                )
+        for k in range(n_layers):
+            if self.B[k].shape[0] != self.A[k].shape[0]:
+                raise ShapeError(
+                    f"B[{k}] has {self.B[k].shape[0]} rows but A[{k}] has "
+                    f"{self.A[k].shape[0]}; both must equal d_{k + 1}."
+                )
+        if self.C.shape[1] != self.A[-1].shape[0]:
+            raise ShapeError(
+                f"C has {self.C.shape[1]} columns but A[{n_layers - 1}] has "
+                f"{self.A[-1].shape[0]} rows; both must equal d_L."
+            )
+
+        self.input_directions = _as_input_directions(self.input_directions, self.input_widths)
+        self.state_norms = _as_state_norms(self.state_norms, n_layers)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks ``L`` (the horizon)."""
+        return len(self.A)
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of readouts ``n_out``."""
+        return int(self.C.shape[0])
+
+    @property
+    def input_widths(self) -> tuple[int, ...]:
+        """Input width ``m_k`` of every layer."""
+        return tuple(int(b.shape[1]) for b in self.B)
+
+    @property
+    def state_dims(self) -> tuple[int, ...]:
+        """Reduced state dimensions ``d_0, ..., d_L``."""
+        return (int(self.A[0].shape[1]), *(int(a.shape[0]) for a in self.A))
+
+    def gains(self) -> list[np.ndarray]:
+        """Compute the gain ``G_k = C Phi(L, k+1) B_k`` of every layer.
+
+        Returns
+        -------
+        list of ndarray, each (n_out, m_k)
+            Output shift per unit input at layer ``k``.
+
+        Notes
+        -----
+        One backward sweep of the adjoint :math:`\\lambda_k^T = C \\Phi(L, k+1)`,
+        :math:`\\lambda_{k-1}^T = \\lambda_k^T A_k`, costs ``L`` matrix products.
+        """
+        return _backward_gains(self.A, self.B, self.C)
+
+    def gain_profile(self) -> np.ndarray:
+        """Return the scalar gains ``g_0, ..., g_{L-1}`` as an array of shape (L,).
+
+        Raises
+        ------
+        ShapeError
+            Unless ``n_out == 1`` and every layer has one input.
+        """
+        if self.n_outputs != 1 or any(width != 1 for width in self.input_widths):
+            raise ShapeError(
+                "gain_profile needs one output and one input per layer, got "
+                f"n_out={self.n_outputs} and input widths {self.input_widths}; use gains()."
+            )
+        return np.array([gain[0, 0] for gain in self.gains()])
+
+    def markov_parameters(self) -> list[np.ndarray]:
+        """Return the gains ordered by delay: entry ``j`` is ``G_{L-1-j}``.
+
+        Returns
+        -------
+        list of ndarray, each (n_out, m_{L-1-j})
+            For a time-invariant system entry ``j`` equals ``C A^j B``.
+        """
+        return self.gains()[::-1]
+
+    def simulate(self, u: Sequence[Any]) -> np.ndarray:
+        """Compute the output shift of a schedule by forward recursion.
+
+        Parameters
+        ----------
+        u : sequence of array_like, each (m_k,)
+            Input amplitudes per layer; a scalar is accepted where ``m_k = 1``.
+
+        Returns
+        -------
+        ndarray, (n_out,)
+            :math:`\\delta y = C r_L` with :math:`r_0 = 0`.
+
+        Raises
+        ------
+        ShapeError
+            If the schedule length or an input width is wrong.
+        """
+        inputs = _validate_schedule(u, self.input_widths)
+        state = np.zeros(self.state_dims[0])
+        for k in range(self.n_layers):
+            state = self.A[k] @ state + self.B[k] @ inputs[k]
+        return self.C @ state
+
+    def restrict_inputs(self, layers: Iterable[int]) -> LayerVaryingSurrogate:
+        """Return a copy whose input matrices are zero outside ``layers``.
+
+        Raises
+        ------
+        ConfigurationError
+            If a layer index is outside ``0..L-1`` or ``layers`` is empty.
+        """
+        allowed = set(_normalize_layers(layers, self.n_layers))
+        B = [b.copy() if k in allowed else np.zeros_like(b) for k, b in enumerate(self.B)]
+        return replace(self, A=list(self.A), B=B, metadata=dict(self.metadata))
+
+
+@dataclass(eq=False)
+class TimeInvariantSurrogate:
+    """Time-invariant surrogate ``r_{k+1} = A r_k + B u_k`` run for ``n_steps`` layers.
+
+    Parameters
+    ----------
+    A : ndarray, (d, d)
+    B : ndarray, (d, m)
+    C : ndarray, (n_out, d)
+    n_steps : int
+        Horizon ``L``, the number of blocks.
+    input_directions : ndarray (H, m) or list of ndarray, optional
+        One matrix for all layers or one per layer.
+    state_norms : ndarray, (L,), optional
+    metadata : dict
+
+    Raises
+    ------
+    ShapeError, ConfigurationError
+        On inconsistent shapes, non-finite entries or ``n_steps < 1``.
+
+    Notes
+    -----
+    The gains are the Markov parameters read backwards,
+    :math:`G_k = C A^{L-1-k} B`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sys = TimeInvariantSurrogate(A=0.5 * np.eye(1), B=np.ones((1, 1)),
+    ...                              C=np.ones((1, 1)), n_steps=3)
+    >>> sys.gain_profile()
+    array([0.25, 0.5 , 1.  ])
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    n_steps: int
+    input_directions: np.ndarray | list[np.ndarray] | None = None
+    state_norms: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.A = _as_matrix(self.A, "A")
+        self.B = _as_matrix(self.B, "B", column=True)
+        self.C = _as_matrix(self.C, "C")
+        d = self.A.shape[0]
+        if self.A.shape != (d, d):
+            raise ShapeError(f"A must be square, got shape {self.A.shape}.")
+        if self.B.shape[0] != d:
+            raise ShapeError(f"B must have {d} rows like A, got shape {self.B.shape}.")
+        if self.C.shape[1] != d:
+            raise ShapeError(f"C must have {d} columns like A, got shape {self.C.shape}.")
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, (int, np.integer)) or self.n_steps < 1:
+            raise ConfigurationError(f"n_steps must be a positive integer, got {self.n_steps!r}.")
+        self.n_steps = int(self.n_steps)
+        self.input_directions = _as_input_directions(
+            self.input_directions, [self.B.shape[1]] * self.n_steps
+        )
+        self.state_norms = _as_state_norms(self.state_norms, self.n_steps)
+
+    @property
+    def n_layers(self) -> int:
+        """Horizon ``L`` (same as ``n_steps``)."""
+        return self.n_steps
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of readouts ``n_out``."""
+        return int(self.C.shape[0])
+
+    @property
+    def input_widths(self) -> tuple[int, ...]:
+        """Input width ``m`` repeated for every layer."""
+        return (int(self.B.shape[1]),) * self.n_steps
+
+    def to_statespace(self) -> control.StateSpace:
+        """Return the system as ``control.StateSpace(A, B, C, 0, dt=1)``."""
+        D = np.zeros((self.C.shape[0], self.B.shape[1]))
+        return control.ss(self.A, self.B, self.C, D, dt=1)
+
+    @classmethod
+    def from_statespace(
+        cls,
+        sys: control.StateSpace,
+        n_steps: int,
+        *,
+        input_directions: np.ndarray | list[np.ndarray] | None = None,
+        state_norms: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TimeInvariantSurrogate:
+        """Build a surrogate from a discrete-time python-control system.
+
+        Parameters
+        ----------
+        sys : control.StateSpace
+            Discrete-time system with zero feedthrough ``D``.
+        n_steps : int
+            Horizon ``L``.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``sys`` is not discrete-time or has a non-zero ``D``, because an
+            injection before block ``k`` reaches the readout one step later at
+            the earliest.
+        """
+        if not control.isdtime(sys, strict=True):
+            raise ConfigurationError(f"sys must be discrete-time (dt=1), got dt={sys.dt!r}.")
+        if np.any(np.asarray(sys.D) != 0):
+            raise ConfigurationError("sys must have D = 0; a surrogate has no direct feedthrough.")
+        return cls(
+            A=np.array(sys.A),
+            B=np.array(sys.B),
+            C=np.array(sys.C),
+            n_steps=n_steps,
+            input_directions=input_directions,
+            state_norms=state_norms,
+            metadata=dict(metadata or {}),
+        )
+
+    def as_layer_varying(self) -> LayerVaryingSurrogate:
+        """Return the same system as a :class:`LayerVaryingSurrogate` with repeated matrices."""
+        return LayerVaryingSurrogate(
+            A=[self.A] * self.n_steps,
+            B=[self.B] * self.n_steps,
+            C=self.C,
+            input_directions=self.input_directions,
+            state_norms=self.state_norms,
+            metadata=dict(self.metadata),
+        )
+
+    def gains(self) -> list[np.ndarray]:
+        """Compute ``G_k = C A^{L-1-k} B`` for ``k = 0..L-1``; each has shape (n_out, m)."""
+        return _backward_gains([self.A] * self.n_steps, [self.B] * self.n_steps, self.C)
+
+    def gain_profile(self) -> np.ndarray:
+        """Return the scalar gains as an array of shape (L,).
+
+        Raises
+        ------
+        ShapeError
+            Unless the system has one input and one output.
+        """
+        if self.B.shape[1] != 1 or self.C.shape[0] != 1:
+            raise ShapeError(
+                f"gain_profile needs one input and one output, got B {self.B.shape} "
+                f"and C {self.C.shape}; use gains()."
+            )
+        return np.array([gain[0, 0] for gain in self.gains()])
+
+    def markov_parameters(self, n: int) -> np.ndarray:
+        """Return ``C A^j B`` for ``j = 0..n-1`` as an array of shape (n, n_out, m)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ConfigurationError(f"n must be a non-negative integer, got {n!r}.")
+        parameters = np.empty((n, self.C.shape[0], self.B.shape[1]))
+        # C A^j as a row block, shape (n_out, d)
+        observed = self.C
+        for j in range(n):
+            parameters[j] = observed @ self.B
+            observed = observed @ self.A
+        return parameters
+
+    def spectral_radius(self) -> float:
+        """Return the largest eigenvalue modulus of ``A``."""
+        return float(np.max(np.abs(np.linalg.eigvals(self.A)))) if self.A.size else 0.0
+
+    def is_stable(self) -> bool:
+        """Return whether the spectral radius of ``A`` is below 1 (Schur stable)."""
+        return self.spectral_radius() < 1.0
+
+
+def _common_basis_sequence(
+    llv: LayerVaryingSurrogate, basis_overlaps: Sequence[np.ndarray] | None
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Return (A_k, B_k, C) expressed in one basis, mapping through the overlaps if given."""
+    if basis_overlaps is None:
+        dims = llv.state_dims
+        if len(set(dims)) != 1:
+            raise ShapeError(
+                f"The layer bases differ in dimension (d_k = {list(dims)}); pass basis_overlaps "
+                "to map each layer's basis into a common one."
+            )
+        return list(llv.A), list(llv.B), llv.C
+
+    overlaps = [_as_matrix(t, f"basis_overlaps[{k}]") for k, t in enumerate(basis_overlaps)]
+    if len(overlaps) != llv.n_layers + 1:
+        raise ShapeError(
+            f"basis_overlaps must have L + 1 = {llv.n_layers + 1} matrices, one per state "
+            f"x_0..x_L, got {len(overlaps)}."
+        )
+    common_dim = overlaps[0].shape[0]
+    for k, (overlap, dim) in enumerate(zip(overlaps, llv.state_dims)):
+        if overlap.shape != (common_dim, dim):
+            raise ShapeError(
+                f"basis_overlaps[{k}] must have shape ({common_dim}, {dim}), got {overlap.shape}."
+            )
+    # T_k = P^T P_k maps layer coordinates into common ones: (d, d_k)
+    A = [overlaps[k + 1] @ a @ overlaps[k].T for k, a in enumerate(llv.A)]
+    B = [overlaps[k + 1] @ b for k, b in enumerate(llv.B)]
+    C = llv.C @ overlaps[-1].T
+    return A, B, C
+
+
+def _gain_error(target_gains: Sequence[np.ndarray], A: np.ndarray, B: np.ndarray, C: np.ndarray) -> float:
+    n_layers = len(target_gains)
+    fitted = _backward_gains([A] * n_layers, [B] * n_layers, C)
+    return float(sum(np.sum((g - f) ** 2) for g, f in zip(target_gains, fitted)))
+
+
+def fit_time_invariant(
+    llv: LayerVaryingSurrogate,
+    basis_overlaps: Sequence[np.ndarray] | None = None,
+    *,
+    refine: Literal["none", "gains"] = "none",
+    max_iterations: int = 50,
+) -> TimeInvariantSurrogate:
+    """Fit a time-invariant surrogate to a layer-varying one by least squares.
+
+    Parameters
+    ----------
+    llv : LayerVaryingSurrogate
+        Layer-varying surrogate. Without ``basis_overlaps`` all ``d_k`` must be
+        equal and the bases are taken to be the same.
+    basis_overlaps : sequence of ndarray, each (d, d_k), optional
+        ``T_k = P^T P_k`` for ``k = 0..L``, where ``P`` (H, d) is the common
+        orthonormal basis. Each layer's matrices are mapped into it first.
+    refine : {"none", "gains"}
+        ``"none"`` returns the mean fit. ``"gains"`` keeps ``A`` and then
+        refits ``B`` and ``C`` to the layer-varying gains.
+    max_iterations : int
+        Maximum alternating steps of the ``"gains"`` refinement.
+
+    Returns
+    -------
+    TimeInvariantSurrogate
+        ``metadata["fit"]`` stores the method and the squared gain error
+        :math:`\\sum_k \\|G_k - C A^{L-1-k} B\\|_F^2` before and after refinement.
+
+    Raises
+    ------
+    ShapeError
+        If the ``d_k`` differ and no overlaps are given, or the input widths differ.
+    ConfigurationError
+        If ``refine`` is unknown or ``max_iterations < 1``.
+
+    Notes
+    -----
+    The minimiser of :math:`\\sum_k \\|A_k - A\\|_F^2` is the mean
+    :math:`A = \\frac{1}{L}\\sum_k A_k`, and likewise :math:`B` is the mean of
+    :math:`B_k`. With overlaps the layer matrices become
+    :math:`T_{k+1} A_k T_k^T`, :math:`T_{k+1} B_k` and :math:`C T_L^T`, which is
+    exact when every ``P_k`` spans the same subspace as ``P``.
+
+    The ``"gains"`` refinement minimises
+    :math:`J(B, C) = \\sum_k \\|G_k - C A^{L-1-k} B\\|_F^2` with ``A`` fixed,
+    alternating two linear least-squares problems (``B`` with ``C`` fixed, then
+    ``C`` with ``B`` fixed). Each step minimises ``J`` over one block exactly,
+    so ``J`` never increases. Refitting ``A`` as well would make the problem
+    non-convex in a way this function does not attempt.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> llv = LayerVaryingSurrogate(A=[0.4 * np.eye(2), 0.6 * np.eye(2)],
+    ...                             B=[np.ones((2, 1))] * 2, C=np.ones((1, 2)))
+    >>> fit_time_invariant(llv).A
+    array([[0.5, 0. ],
+           [0. , 0.5]])
+    """
+    if refine not in ("none", "gains"):
+        raise ConfigurationError(f"refine must be 'none' or 'gains', got {refine!r}.")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
+        raise ConfigurationError(f"max_iterations must be a positive integer, got {max_iterations!r}.")
+    if len(set(llv.input_widths)) != 1:
+        raise ShapeError(
+            f"A time-invariant fit needs the same input width at every layer, got {llv.input_widths}."
+        )
+
+    A_seq, B_seq, C = _common_basis_sequence(llv, basis_overlaps)
+    A = np.mean(A_seq, axis=0)
+    B = np.mean(B_seq, axis=0)
+    target_gains = _backward_gains(A_seq, B_seq, C)
+    n_layers = llv.n_layers
+    initial_error = _gain_error(target_gains, A, B, C)
+    error = initial_error
+
+    if refine == "gains":
+        # delays j = L-1-k, so the gain G_k of layer k matches C A^j B
+        powers = [np.linalg.matrix_power(A, n_layers - 1 - k) for k in range(n_layers)]
+        stacked_rows = np.vstack(target_gains)  # (L * n_out, m)
+        stacked_columns = np.hstack(target_gains)  # (n_out, L * m)
+        for iteration in range(max_iterations):
+            observed = np.vstack([C @ power for power in powers])  # (L * n_out, d)
+            B = np.linalg.lstsq(observed, stacked_rows, rcond=None)[0]
+            reached = np.hstack([power @ B for power in powers])  # (d, L * m)
+            C = np.linalg.lstsq(reached.T, stacked_columns.T, rcond=None)[0].T
+            new_error = _gain_error(target_gains, A, B, C)
+            converged = error - new_error <= 1e-12 * max(error, np.finfo(float).tiny)
+            error = new_error
+            if converged:
+                logger.debug("Gain refinement converged after %d iterations.", iteration + 1)
+                break
+
+    metadata = dict(llv.metadata)
+    metadata["fit"] = {
+        "method": "mean" if refine == "none" else "mean_then_gain_least_squares",
+        "initial_gain_error": initial_error,
+        "gain_error": error,
+        "common_basis": basis_overlaps is not None,
+    }
+    return TimeInvariantSurrogate(
+        A=A,
+        B=B,
+        C=C,
+        n_steps=n_layers,
+        input_directions=llv.input_directions,
+        state_norms=llv.state_norms,
+        metadata=metadata,
+    )
+
+
+def _require_stable(sys: TimeInvariantSurrogate, task: str) -> None:
+    radius = sys.spectral_radius()
+    if radius >= 1.0:
+        raise ConfigurationError(
+            f"{task} needs a stable A (spectral radius < 1), got spectral radius {radius:.6g}; "
+            "use the finite-horizon Gramian or scale A."
+        )
+
+
+def _psd_factor(W: np.ndarray) -> np.ndarray:
+    """Return F with F F^T = W for a symmetric positive semidefinite W."""
+    eigenvalues, eigenvectors = np.linalg.eigh((W + W.T) / 2)
+    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+
+
+def _gramian_factors(sys: TimeInvariantSurrogate) -> tuple[np.ndarray, np.ndarray]:
+    """Return square-root factors of the infinite-horizon reachability and observability Gramians."""
+    reachability = scipy.linalg.solve_discrete_lyapunov(sys.A, sys.B @ sys.B.T)
+    observability = scipy.linalg.solve_discrete_lyapunov(sys.A.T, sys.C.T @ sys.C)
+    return _psd_factor(reachability), _psd_factor(observability)
+
+
+def hankel_singular_values(sys: TimeInvariantSurrogate) -> np.ndarray:
+    """Compute the Hankel singular values of a stable system, in decreasing order.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``A`` is not stable.
+
+    Notes
+    -----
+    :math:`\\sigma_i = \\sqrt{\\lambda_i(W_c W_o)}` with the infinite-horizon
+    Gramians solving :math:`A W_c A^T - W_c + B B^T = 0` and
+    :math:`A^T W_o A - W_o + C^T C = 0`. They are computed as the singular
+    values of :math:`L_o^T L_c` for factors :math:`W = L L^T`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sys = TimeInvariantSurrogate(A=np.zeros((1, 1)), B=np.ones((1, 1)),
+    ...                              C=np.ones((1, 1)), n_steps=2)
+    >>> hankel_singular_values(sys)
+    array([1.])
+    """
+    _require_stable(sys, "hankel_singular_values")
+    reachability_factor, observability_factor = _gramian_factors(sys)
+    return np.linalg.svd(observability_factor.T @ reachability_factor, compute_uv=False)
+
+
+def _square_root_truncation(
+    sys: TimeInvariantSurrogate, order: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    reachability_factor, observability_factor = _gramian_factors(sys)
+    U, hsv, Vt = np.linalg.svd(observability_factor.T @ reachability_factor)
+    minimal_order = int(np.sum(hsv > hsv.size * np.finfo(float).eps * hsv[0])) if hsv.size else 0
+    order = min(order, max(minimal_order, 1))
+    scale = 1.0 / np.sqrt(hsv[:order])
+    # projections onto and back from the balanced coordinates: (d, r) and (r, d)
+    T = reachability_factor @ Vt[:order].T * scale
+    T_inverse = scale[:, None] * (U[:, :order].T @ observability_factor.T)
+    return T_inverse @ sys.A @ T, T_inverse @ sys.B, sys.C @ T, hsv
+
+
+def _slycot_truncation(
+    sys: TimeInvariantSurrogate, order: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from slycot import ab09ad
+
+    d, m = sys.B.shape
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # dico="D": discrete time; job="B": square-root balance and truncate; equil="N": no scaling
+        reduced_order, Ar, Br, Cr, hsv = ab09ad(
+            "D", "B", "N", d, m, sys.C.shape[0], sys.A.copy(), sys.B.copy(), sys.C.copy(), nr=order
+        )
+    for warning in caught:
+        logger.warning("slycot ab09ad: %s (reduced order %d)", warning.message, reduced_order)
+    return Ar, Br, Cr, np.asarray(hsv)
+
+
+def balanced_truncation(
+    sys: TimeInvariantSurrogate,
+    order: int,
+    *,
+    method: Literal["auto", "slycot", "square_root"] = "auto",
+) -> tuple[TimeInvariantSurrogate, np.ndarray]:
+    """Reduce a stable discrete-time surrogate by balanced truncation.
+
+    Parameters
+    ----------
+    sys : TimeInvariantSurrogate
+        System with a stable ``A``.
+    order : int
+        Requested reduced order, ``1 <= order <= d``. It is lowered to the
+        minimal order when fewer Hankel singular values are non-zero.
+    method : {"auto", "slycot", "square_root"}
+        ``"slycot"`` calls SLICOT's ``AB09AD`` with ``dico="D"``.
+        ``"square_root"`` runs the square-root algorithm on Gramians from
+        :func:`scipy.linalg.solve_discrete_lyapunov`. ``"auto"`` uses slycot when
+        it is installed.
+
+    Returns
+    -------
+    reduced : TimeInvariantSurrogate
+        Balanced reduced system with the same horizon, input directions and
+        state norms. ``to_statespace()`` keeps ``dt=1``.
+    hankel_singular_values : ndarray, (d,)
+        Hankel singular values of the full system, decreasing.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``A`` is not stable, ``order`` is out of range, ``method`` is
+        unknown or slycot is requested but not installed.
+
+    Notes
+    -----
+    python-control 0.10's ``balred`` returns a continuous-time system for a
+    discrete one, so this function does not use it. The reduced transfer
+    function satisfies the bound
+    :math:`\\|G - G_r\\|_\\infty \\le 2 \\sum_{i > r} \\sigma_i`, and every
+    Markov parameter error is bounded by the same amount.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sys = TimeInvariantSurrogate(A=np.diag([0.5, 0.01]), B=np.ones((2, 1)),
+    ...                              C=np.ones((1, 2)), n_steps=4)
+    >>> reduced, hsv = balanced_truncation(sys, 1)
+    >>> reduced.A.shape
+    (1, 1)
+    """
+    d = sys.A.shape[0]
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= d:
+        raise ConfigurationError(f"order must be an integer in 1..{d}, got {order!r}.")
+    if method not in ("auto", "slycot", "square_root"):
+        raise ConfigurationError(
+            f"method must be one of 'auto', 'slycot', 'square_root', got {method!r}."
+        )
+    _require_stable(sys, "balanced_truncation")
+
+    if method == "auto":
+        try:
+            import slycot  # noqa: F401
+        except ImportError:
+            method = "square_root"
+        else:
+            method = "slycot"
+    if method == "slycot":
+        try:
+            Ar, Br, Cr, hsv = _slycot_truncation(sys, int(order))
+        except ImportError as error:
+            raise ConfigurationError(
+                "method='slycot' needs the slycot package; install it or use method='square_root'."
+            ) from error
+    else:
+        Ar, Br, Cr, hsv = _square_root_truncation(sys, int(order))
+
+    reduced_order = Ar.shape[0]
+    metadata = dict(sys.metadata)
+    metadata["balanced_truncation"] = {
+        "order": reduced_order,
+        "method": method,
+        "discarded_hsv_sum": float(np.sum(hsv[reduced_order:])),
+    }
+    reduced = TimeInvariantSurrogate(
+        A=Ar,
+        B=Br,
+        C=Cr,
+        n_steps=sys.n_steps,
+        input_directions=sys.input_directions,
+        state_norms=sys.state_norms,
+        metadata=metadata,
+    )
+    return reduced, hsv

