@@ -459,6 +459,9 @@ def concept_directions(
     states, normed = collect_states(model, texts, batch_size=batch_size)
     directions = _unit_mean_difference(states, labels)
     final_direction = _unit_mean_difference(normed, labels)
+    positive = torch.as_tensor(labels == 1)
+    # Distance between the class means along the final direction, in readout units.
+    final_gap = float((normed[positive].mean(0) - normed[~positive].mean(0)) @ final_direction)
     state_norms = states.norm(dim=-1).median(dim=0).values
 
     separation = None
@@ -475,7 +478,7 @@ def concept_directions(
         state_norms=state_norms.numpy(),
         task=task.name,
         separation=separation,
-        metadata={"model": model.name, "n_concept_texts": len(texts)},
+        metadata={"model": model.name, "n_concept_texts": len(texts), "final_gap": final_gap},
     )
 
 

@@ -1,0 +1,222 @@
+"""Apply schedules to the full model, calibrate them and measure their cost.
+
+A schedule planned on a surrogate fixes the *shape* of the injections over
+the layers; on the full model its overall amplitude is calibrated by
+bisection until the measured readout shift reaches the target. All
+schedules of a context are calibrated together, one batch row each, as
+single-token forwards over the frozen prefix. The energy of a calibrated
+schedule is sum_k ||scale * vector_k||^2 in model units.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from steercontrol.concepts import Readout
+from steercontrol.exceptions import CalibrationWarning, ConfigurationError, ShapeError
+from steercontrol.hooks import inject, record
+from steercontrol.models import SteerableModel
+from steercontrol.prefix import FrozenContext
+
+__all__ = ["Calibration", "calibrate", "next_token_kl"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Calibration:
+    """A schedule scaled on the full model to reach a target shift.
+
+    Attributes
+    ----------
+    name : str
+        Schedule name.
+    scale : float
+        Factor applied to the schedule's vectors (nan when not reached).
+    achieved_shift : float
+        Measured readout shift at that scale.
+    energy : float
+        sum_k ||scale * vector_k||^2 (nan when not reached).
+    kl : float
+        KL(steered || unsteered) of the next-token distribution, in nats.
+    reached : bool
+        Whether |achieved / target - 1| <= tolerance.
+    iterations : int
+        Forward passes used by the search.
+    """
+
+    name: str
+    scale: float
+    achieved_shift: float
+    energy: float
+    kl: float
+    reached: bool
+    iterations: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def next_token_kl(steered_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+    """Return KL(steered || clean) of next-token distributions, per row, in nats.
+
+    Parameters
+    ----------
+    steered_logits, clean_logits : torch.Tensor
+        (batch, vocab) and (batch or 1, vocab) logits.
+    """
+    log_p = torch.log_softmax(steered_logits.float(), dim=-1)
+    log_q = torch.log_softmax(clean_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)
+
+
+def _measure(
+    model: SteerableModel,
+    context: FrozenContext,
+    vectors: torch.Tensor,
+    scales: torch.Tensor,
+    readout: Readout,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # vectors: (n_schedules, n_layers, hidden); scales: (n_schedules,)
+    rows = vectors.shape[0]
+    scaled = scales[:, None, None] * vectors
+    injections = {layer: scaled[:, layer] for layer in range(model.n_layers) if bool(scaled[:, layer].any())}
+    with torch.no_grad(), record(model) as recording, inject(model, injections):
+        output = context.run_last(rows)
+    return readout.apply(recording.final_normed.float())[:, 0], output.logits[:, -1]
+
+
+def calibrate(
+    model: SteerableModel,
+    context: FrozenContext,
+    schedules: Mapping[str, np.ndarray],
+    readout: Readout,
+    target_shift: float,
+    *,
+    tolerance: float = 0.01,
+    max_scale: float = 64.0,
+    max_iterations: int = 40,
+) -> dict[str, Calibration]:
+    """Scale each schedule until the full model's readout moves by the target.
+
+    Parameters
+    ----------
+    model : SteerableModel
+        The model.
+    context : FrozenContext
+        The context, with its prefix already run.
+    schedules : mapping of str to np.ndarray
+        Name -> (n_layers, hidden) injection vectors at scale 1. Schedules
+        planned on a surrogate for the same target start near scale 1.
+    readout : Readout
+        A scalar readout.
+    target_shift : float
+        Desired change of the readout, non-zero and finite.
+    tolerance : float
+        Relative tolerance on the achieved shift.
+    max_scale : float
+        Largest scale tried; a schedule that has not reached the target by
+        then is reported as not reached.
+    max_iterations : int
+        Bisection steps after the target is bracketed.
+
+    Returns
+    -------
+    dict of str to Calibration
+        In the order of ``schedules``. Schedules that cannot reach the target
+        are kept, with ``reached=False`` and a :class:`CalibrationWarning`.
+
+    Notes
+    -----
+    The bracket starts at [0, 1] and doubles its upper end until the
+    normalised shift (y(s) - y(0)) / target reaches 1; bisection then keeps
+    a bracket [lo, hi] with normalised shift below 1 at lo and at least 1 at
+    hi. A response that is not monotone in the scale still yields a
+    crossing point.
+    """
+    if not math.isfinite(target_shift) or target_shift == 0:
+        raise ConfigurationError(f"Invalid target_shift {target_shift!r}; pass a finite non-zero readout change.")
+    if readout.n_outputs != 1:
+        raise ConfigurationError("calibrate needs a scalar readout (n_outputs == 1).")
+    if not schedules:
+        raise ConfigurationError("calibrate needs at least one schedule.")
+    names = list(schedules)
+    arrays = [np.asarray(schedules[name], dtype=np.float64) for name in names]
+    for name, array in zip(names, arrays):
+        if array.shape != (model.n_layers, model.hidden_size):
+            raise ShapeError(
+                f"Schedule {name!r} has shape {array.shape}; expected (n_layers, hidden) = "
+                f"({model.n_layers}, {model.hidden_size})."
+            )
+    # (n_schedules, n_layers, hidden)
+    vectors = torch.as_tensor(np.stack(arrays), dtype=torch.float32, device=model.device)
+    count = len(names)
+
+    zero = torch.zeros(count, device=model.device)
+    baseline, clean_logits = _measure(model, context, vectors[:1], zero[:1], readout)
+    y0 = float(baseline[0])
+
+    def normalised(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted, _ = _measure(model, context, vectors, scales, readout)
+        return (shifted - y0) / target_shift, shifted - y0
+
+    low = torch.zeros(count, device=model.device)
+    high = torch.ones(count, device=model.device)
+    iterations = 1
+    progress, _ = normalised(high)
+    bracketed = progress >= 1
+    while not bool(bracketed.all()) and float(high.max()) < max_scale:
+        # Rows already bracketed keep their bracket; the others double.
+        low = torch.where(bracketed, low, high)
+        high = torch.where(bracketed, high, high * 2)
+        progress, _ = normalised(high)
+        iterations += 1
+        bracketed = bracketed | (progress >= 1)
+
+    for _ in range(max_iterations):
+        middle = (low + high) / 2
+        progress, _ = normalised(middle)
+        iterations += 1
+        above = progress >= 1
+        high = torch.where(bracketed & above, middle, high)
+        low = torch.where(bracketed & ~above, middle, low)
+        if bool((((high - low) <= 1e-3 * high) | ~bracketed).all()):
+            break
+
+    # Take the end of the bracket whose shift is closer to the target.
+    progress_high, shift_high = normalised(high)
+    progress_low, shift_low = normalised(low)
+    use_low = (progress_low - 1).abs() < (progress_high - 1).abs()
+    final_scale = torch.where(use_low, low, high)
+    shifted, steered_logits = _measure(model, context, vectors, final_scale, readout)
+    achieved = shifted - y0
+    kl = next_token_kl(steered_logits, clean_logits)
+    energies = (final_scale**2) * (vectors.double() ** 2).sum(dim=(1, 2)).float()
+
+    results: dict[str, Calibration] = {}
+    for row, name in enumerate(names):
+        reached = bool(bracketed[row]) and abs(float(achieved[row]) / target_shift - 1) <= tolerance
+        if not reached:
+            warnings.warn(
+                f"Schedule {name!r} did not reach the target shift {target_shift:g} within scale {max_scale:g} "
+                f"(achieved {float(achieved[row]):.4g}); it is reported as not reached. Raise max_scale or "
+                "lower the target.",
+                CalibrationWarning,
+                stacklevel=2,
+            )
+        results[name] = Calibration(
+            name=name,
+            scale=float(final_scale[row]) if reached else math.nan,
+            achieved_shift=float(achieved[row]),
+            energy=float(energies[row]) if reached else math.nan,
+            kl=float(kl[row]),
+            reached=reached,
+            iterations=iterations + 3,
+        )
+    return results
