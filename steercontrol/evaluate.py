@@ -89,7 +89,7 @@ def _measure(
     injections = {layer: scaled[:, layer] for layer in range(model.n_layers) if bool(scaled[:, layer].any())}
     with torch.no_grad(), record(model) as recording, inject(model, injections):
         output = context.run_last(rows)
-    return readout.apply(recording.final_normed.float())[:, 0], output.logits[:, -1]
+    return readout.apply(recording.final_normed.double())[:, 0], output.logits[:, -1]
 
 
 def calibrate(
@@ -101,7 +101,7 @@ def calibrate(
     *,
     tolerance: float = 0.01,
     max_scale: float = 64.0,
-    max_iterations: int = 40,
+    max_iterations: int = 60,
 ) -> dict[str, Calibration]:
     """Scale each schedule until the full model's readout moves by the target.
 
@@ -155,10 +155,11 @@ def calibrate(
                 f"({model.n_layers}, {model.hidden_size})."
             )
     # (n_schedules, n_layers, hidden)
-    vectors = torch.as_tensor(np.stack(arrays), dtype=torch.float32, device=model.device)
+    precision = torch.float64 if model.dtype == torch.float64 else torch.float32
+    vectors = torch.as_tensor(np.stack(arrays), dtype=precision, device=model.device)
     count = len(names)
 
-    zero = torch.zeros(count, device=model.device)
+    zero = torch.zeros(count, device=model.device, dtype=precision)
     baseline, clean_logits = _measure(model, context, vectors[:1], zero[:1], readout)
     y0 = float(baseline[0])
 
@@ -166,8 +167,8 @@ def calibrate(
         shifted, _ = _measure(model, context, vectors, scales, readout)
         return (shifted - y0) / target_shift, shifted - y0
 
-    low = torch.zeros(count, device=model.device)
-    high = torch.ones(count, device=model.device)
+    low = torch.zeros(count, device=model.device, dtype=precision)
+    high = torch.ones(count, device=model.device, dtype=precision)
     iterations = 1
     progress, _ = normalised(high)
     bracketed = progress >= 1
@@ -179,25 +180,28 @@ def calibrate(
         iterations += 1
         bracketed = bracketed | (progress >= 1)
 
+    # Keep the scale whose shift is closest to the target seen so far.
+    best_scale = torch.where(bracketed, high, torch.full_like(high, math.nan))
+    best_error = torch.where(bracketed, (progress - 1).abs(), torch.full_like(high, math.inf))
     for _ in range(max_iterations):
+        done = ~bracketed | (best_error <= tolerance / 4) | ((high - low) <= 1e-9 * high)
+        if bool(done.all()):
+            break
         middle = (low + high) / 2
         progress, _ = normalised(middle)
         iterations += 1
         above = progress >= 1
         high = torch.where(bracketed & above, middle, high)
         low = torch.where(bracketed & ~above, middle, low)
-        if bool((((high - low) <= 1e-3 * high) | ~bracketed).all()):
-            break
+        closer = bracketed & ((progress - 1).abs() < best_error)
+        best_scale = torch.where(closer, middle, best_scale)
+        best_error = torch.where(closer, (progress - 1).abs(), best_error)
 
-    # Take the end of the bracket whose shift is closer to the target.
-    progress_high, shift_high = normalised(high)
-    progress_low, shift_low = normalised(low)
-    use_low = (progress_low - 1).abs() < (progress_high - 1).abs()
-    final_scale = torch.where(use_low, low, high)
+    final_scale = torch.where(bracketed, best_scale, high)
     shifted, steered_logits = _measure(model, context, vectors, final_scale, readout)
     achieved = shifted - y0
     kl = next_token_kl(steered_logits, clean_logits)
-    energies = (final_scale**2) * (vectors.double() ** 2).sum(dim=(1, 2)).float()
+    energies = (final_scale.double() ** 2) * (vectors.double() ** 2).sum(dim=(1, 2))
 
     results: dict[str, Calibration] = {}
     for row, name in enumerate(names):
@@ -217,6 +221,6 @@ def calibrate(
             energy=float(energies[row]) if reached else math.nan,
             kl=float(kl[row]),
             reached=reached,
-            iterations=iterations + 3,
+            iterations=iterations + 1,
         )
     return results

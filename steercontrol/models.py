@@ -233,7 +233,10 @@ class SteerableModel:
 
 
 def _get_attribute(root: nn.Module, dotted: str) -> Any:
+    # An empty path names the root itself.
     value: Any = root
+    if not dotted:
+        return value
     for part in dotted.split("."):
         value = getattr(value, part)
     return value

@@ -80,7 +80,7 @@ def injection_sizes(eps: float, eps_mode: EpsMode, state_norms: np.ndarray) -> n
 
 
 def _check_directions(model: SteerableModel, directions: np.ndarray | torch.Tensor) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(directions), dtype=torch.float32)
+    tensor = torch.as_tensor(np.asarray(directions), dtype=torch.float64)
     if tensor.ndim != 2 or tensor.shape[0] < model.n_layers or tensor.shape[1] != model.hidden_size:
         raise ShapeError(
             f"directions must be (n_layers[+1], hidden) = ({model.n_layers}, {model.hidden_size}), "
@@ -90,7 +90,7 @@ def _check_directions(model: SteerableModel, directions: np.ndarray | torch.Tens
 
 
 def _readout_of(recording_normed: torch.Tensor, readout: Readout) -> torch.Tensor:
-    return readout.apply(recording_normed.float())
+    return readout.apply(recording_normed.double())
 
 
 def measure_gains(
@@ -201,6 +201,6 @@ def _adjoint_gains(model: SteerableModel, frozen: FrozenContext, v: torch.Tensor
             (gradient,) = torch.autograd.grad(
                 outputs[output_index], deltas, retain_graph=output_index + 1 < readout.n_outputs
             )
-            rows.append((gradient.float() * v).sum(-1))
+            rows.append((gradient.double() * v).sum(-1))
     # (n_layers, n_outputs)
     return torch.stack(rows, dim=1).detach().cpu().numpy()

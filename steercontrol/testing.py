@@ -121,3 +121,110 @@ def _widen_initialisation(model: nn.Module, seed: int) -> None:
         for name, param in model.named_parameters():
             if param.ndim == 2 and "norm" not in name and "ln" not in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
+
+
+class _LinearBlock(nn.Module):
+    """A block that maps each token's state by a fixed matrix: x -> M x."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(matrix.clone(), requires_grad=False)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states @ self.weight.T
+
+
+class PlantedLinearLM(nn.Module):
+    """A causal LM whose blocks are known linear maps and whose final norm is the identity.
+
+    Tokens do not interact, so the frozen-context dynamics of the last token
+    are x_{k+1} = M_k x_k exactly, and every gain has a closed form.
+    """
+
+    def __init__(self, matrices: list[torch.Tensor], vocab_size: int = 260) -> None:
+        super().__init__()
+        hidden = matrices[0].shape[0]
+        self.config = _PlantedConfig(hidden_size=hidden, num_hidden_layers=len(matrices))
+        generator = torch.Generator().manual_seed(7)
+        self.embed = nn.Embedding(vocab_size, hidden)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.randn(vocab_size, hidden, generator=generator))
+        self.layers = nn.ModuleList(_LinearBlock(m) for m in matrices)
+        self.norm = nn.Identity()
+        self.lm_head = nn.Linear(hidden, vocab_size, bias=False)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        from types import SimpleNamespace
+
+        hidden = self.embed(input_ids).to(self.lm_head.weight.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        logits = self.lm_head(self.norm(hidden))
+        # Tokens never interact, so the "cache" holds nothing.
+        return SimpleNamespace(logits=logits, cache=SimpleNamespace(layers=[]) if use_cache else None)
+
+
+class _PlantedConfig:
+    model_type = "steercontrol_planted"
+    max_position_embeddings = 4096
+
+    def __init__(self, hidden_size: int, num_hidden_layers: int) -> None:
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.name_or_path = "planted-linear"
+
+
+def planted_linear_model(
+    *,
+    n_layers: int = 6,
+    hidden_size: int = 16,
+    rank: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[SteerableModel, list[torch.Tensor], torch.Tensor]:
+    """Build a model whose blocks are planted linear maps.
+
+    With ``rank`` r, every M_k = I + U S_k U^T for one orthonormal U (hidden x r),
+    and :func:`planted_directions` returns directions in span(U), so the
+    states that injections can reach span at most r dimensions.
+
+    Returns
+    -------
+    model : SteerableModel
+        The wrapped model, with :func:`byte_tokenizer`.
+    matrices : list of torch.Tensor
+        M_0..M_{L-1}, each (hidden, hidden).
+    subspace : torch.Tensor
+        U, (hidden, r), or the identity when ``rank`` is None.
+    """
+    from steercontrol import models
+
+    generator = torch.Generator().manual_seed(seed)
+    if rank is None:
+        subspace = torch.eye(hidden_size, dtype=torch.float64)
+        matrices = [
+            torch.eye(hidden_size, dtype=torch.float64)
+            + 0.3 * torch.randn(hidden_size, hidden_size, generator=generator, dtype=torch.float64)
+            for _ in range(n_layers)
+        ]
+    else:
+        subspace, _ = torch.linalg.qr(torch.randn(hidden_size, rank, generator=generator, dtype=torch.float64))
+        matrices = [
+            torch.eye(hidden_size, dtype=torch.float64)
+            + subspace @ (0.5 * torch.randn(rank, rank, generator=generator, dtype=torch.float64)) @ subspace.T
+            for _ in range(n_layers)
+        ]
+    models._LAYOUTS.setdefault("steercontrol_planted", ("layers", "norm", ""))
+    lm = PlantedLinearLM(matrices).to(dtype)
+    return wrap_model(lm, byte_tokenizer(), name=f"planted-linear-{n_layers}x{hidden_size}-seed{seed}"), matrices, subspace
