@@ -54,14 +54,12 @@ def output_gramian(gains: Sequence[np.ndarray]) -> np.ndarray:
     array([[5.]])
     """
     if len(gains) == 0:
-        raise ShapeError("gains is empty; pass at least one layer's gain.")
+        raise ShapeError("gains is empty. Pass at least one layer's gain.")
     matrices = [np.asarray(gain, dtype=np.float64) for gain in gains]
     n_outputs = matrices[0].shape[0] if matrices[0].ndim == 2 else -1
     for k, gain in enumerate(matrices):
         if gain.ndim != 2 or gain.shape[0] != n_outputs:
-            raise ShapeError(
-                f"gains[{k}] must have shape (n_out, m_k) with n_out={n_outputs}, got {gain.shape}."
-            )
+            raise ShapeError(f"gains[{k}] must have shape (n_out, m_k) with n_out={n_outputs}, got {gain.shape}.")
     # (n_out, sum m_k): all inputs side by side
     stacked = np.hstack(matrices)
     return stacked @ stacked.T
@@ -102,12 +100,11 @@ def state_reachability_gramian(
         A_seq, B_seq = surrogate.A, surrogate.B
     else:
         raise ConfigurationError(
-            "surrogate must be a LayerVaryingSurrogate or TimeInvariantSurrogate, "
-            f"got {type(surrogate).__name__}."
+            f"surrogate must be a LayerVaryingSurrogate or TimeInvariantSurrogate, got {type(surrogate).__name__}."
         )
 
     gramian = np.zeros((A_seq[0].shape[1], A_seq[0].shape[1]))
-    for A, B in zip(A_seq, B_seq):
+    for A, B in zip(A_seq, B_seq, strict=True):
         gramian = A @ gramian @ A.T + B @ B.T
     return (gramian + gramian.T) / 2
 
@@ -124,7 +121,7 @@ def infinite_horizon_gramian(
     tis : TimeInvariantSurrogate
         System with a stable ``A``.
     kind : {"reachability", "observability"}
-        ``"reachability"`` solves :math:`A W A^T - W + B B^T = 0`;
+        ``"reachability"`` solves :math:`A W A^T - W + B B^T = 0`, and
         ``"observability"`` solves :math:`A^T W A - W + C^T C = 0`.
 
     Returns
@@ -151,9 +148,7 @@ def infinite_horizon_gramian(
     array([[1.333333]])
     """
     if kind not in ("reachability", "observability"):
-        raise ConfigurationError(
-            f"kind must be 'reachability' or 'observability', got {kind!r}."
-        )
+        raise ConfigurationError(f"kind must be 'reachability' or 'observability', got {kind!r}.")
     _require_stable(tis, "infinite_horizon_gramian")
     if kind == "reachability":
         gramian = scipy.linalg.solve_discrete_lyapunov(tis.A, tis.B @ tis.B.T)
@@ -171,7 +166,7 @@ class GramianDiagnostics:
     rank : int
         Number of eigenvalues above ``tolerance``.
     condition_number : float
-        :math:`\\lambda_{max} / \\lambda_{min}`; ``inf`` when
+        :math:`\\lambda_{max} / \\lambda_{min}`, or ``inf`` when
         :math:`\\lambda_{min} \\le` ``tolerance``.
     min_eigenvalue : float
         Smallest eigenvalue (may be slightly negative from rounding).
@@ -180,6 +175,8 @@ class GramianDiagnostics:
         that costs most energy to reach.
     eigenvalues : ndarray, (n,)
         All eigenvalues in increasing order.
+    eigenvectors : ndarray, (n, n)
+        Orthonormal eigenvectors as columns, in the order of ``eigenvalues``.
     tolerance : float
         :math:`n \\cdot \\varepsilon \\cdot \\max(\\lambda_{max}, 0)`, the
         threshold below which an eigenvalue counts as zero (the NumPy
@@ -191,6 +188,7 @@ class GramianDiagnostics:
     min_eigenvalue: float
     least_reachable_direction: np.ndarray
     eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
     tolerance: float
 
     @property
@@ -207,7 +205,7 @@ def _as_gramian(W: np.ndarray) -> np.ndarray:
         raise ConfigurationError("W contains NaN or infinite entries.")
     scale = max(float(np.max(np.abs(gramian))), np.finfo(float).tiny)
     if np.max(np.abs(gramian - gramian.T)) > 1e-8 * scale:
-        raise ConfigurationError("W is not symmetric; a Gramian must equal its transpose.")
+        raise ConfigurationError("W is not symmetric, but a Gramian must equal its transpose.")
     return (gramian + gramian.T) / 2
 
 
@@ -250,13 +248,12 @@ def gramian_diagnostics(W: np.ndarray) -> GramianDiagnostics:
         min_eigenvalue=smallest,
         least_reachable_direction=eigenvectors[:, 0].copy(),
         eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors,
         tolerance=tolerance,
     )
 
 
-def check_gramian(
-    W: np.ndarray, *, max_condition: float = 1e10, stacklevel: int = 2
-) -> GramianDiagnostics:
+def check_gramian(W: np.ndarray, *, max_condition: float = 1e10, stacklevel: int = 2) -> GramianDiagnostics:
     """Warn when a Gramian is ill-conditioned and return its diagnostics.
 
     Parameters
@@ -266,7 +263,7 @@ def check_gramian(
     max_condition : float
         Largest condition number accepted without a warning.
     stacklevel : int
-        Passed to :func:`warnings.warn`; the default points at the caller.
+        Passed to :func:`warnings.warn`. The default points at the caller.
 
     Returns
     -------
@@ -296,8 +293,8 @@ def check_gramian(
         direction = np.array2string(diagnostics.least_reachable_direction, precision=3)
         warnings.warn(
             f"The Gramian is ill-conditioned (condition number {diagnostics.condition_number:.3g} "
-            f"> {max_condition:.3g}, rank {diagnostics.rank} of {diagnostics.eigenvalues.size}); "
-            f"targets along {direction} need very large inputs. Allow more layers or inputs, "
+            f"> {max_condition:.3g}, rank {diagnostics.rank} of {diagnostics.eigenvalues.size}). "
+            f"Targets along {direction} need very large inputs. Allow more layers or inputs, "
             "or drop that output.",
             IllConditionedGramianWarning,
             stacklevel=stacklevel,

@@ -9,8 +9,9 @@ bases ``P_k`` of shape ``(H, d_k)``, to the layer-varying linear system
     r_{k+1} = A_k r_k + B_k u_k, \\quad k = 0, \\dots, L-1, \\qquad y = C r_L,
 
 where ``u_k`` is the injection added before block ``k`` runs. This module
-holds that surrogate, its time-invariant approximation and the reductions
-between them. It uses NumPy, SciPy and python-control only, never torch.
+contains that surrogate, its time-invariant approximation and the reductions
+between them. It uses NumPy, SciPy, python-control and, when installed,
+slycot. It never imports torch.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def _as_matrix(value: Any, name: str, *, column: bool = False) -> np.ndarray:
-    """Convert ``value`` to a finite float64 matrix; a 1-D array becomes one row or column."""
+    """Convert ``value`` to a finite float64 matrix, reading a 1-D array as one row or one column."""
     array = np.asarray(value, dtype=np.float64)
     if array.ndim == 1:
         # (n,) -> (n, 1) for an input column, (1, n) for an output row
@@ -56,17 +57,13 @@ def _as_state_norms(value: Any, n_layers: int) -> np.ndarray | None:
         return None
     norms = np.asarray(value, dtype=np.float64)
     if norms.shape != (n_layers,):
-        raise ShapeError(
-            f"state_norms must have shape ({n_layers},), one norm per layer, got {norms.shape}."
-        )
+        raise ShapeError(f"state_norms must have shape ({n_layers},), one norm per layer, got {norms.shape}.")
     if not np.all(np.isfinite(norms)) or np.any(norms < 0):
         raise ConfigurationError("state_norms must be finite and non-negative.")
     return norms
 
 
-def _as_input_directions(
-    value: Any, widths: Sequence[int]
-) -> list[np.ndarray] | None:
+def _as_input_directions(value: Any, widths: Sequence[int]) -> list[np.ndarray] | None:
     """Validate per-layer input directions, each of shape (H, m_k)."""
     if value is None:
         return None
@@ -75,11 +72,9 @@ def _as_input_directions(
         value = [value] * len(widths)
     directions = [_as_matrix(d, f"input_directions[{k}]", column=True) for k, d in enumerate(value)]
     if len(directions) != len(widths):
-        raise ShapeError(
-            f"input_directions must have one entry per layer ({len(widths)}), got {len(directions)}."
-        )
+        raise ShapeError(f"input_directions must have one entry per layer ({len(widths)}), got {len(directions)}.")
     hidden_size = directions[0].shape[0]
-    for k, (direction, width) in enumerate(zip(directions, widths)):
+    for k, (direction, width) in enumerate(zip(directions, widths, strict=True)):
         if direction.shape != (hidden_size, width):
             raise ShapeError(
                 f"input_directions[{k}] must have shape ({hidden_size}, {width}) to match "
@@ -99,12 +94,10 @@ def _normalize_layers(layers: Iterable[int] | None, n_layers: int) -> tuple[int,
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise ConfigurationError(f"Layer indices must be integers, got {layer!r}.")
         if not 0 <= layer < n_layers:
-            raise ConfigurationError(
-                f"Layer index {layer} is out of range; valid layers are 0..{n_layers - 1}."
-            )
+            raise ConfigurationError(f"Layer index {layer} is out of range. The valid layers are 0..{n_layers - 1}.")
         normalized.add(int(layer))
     if not normalized:
-        raise ConfigurationError("layers is empty; allow at least one layer.")
+        raise ConfigurationError("layers is empty. Allow at least one layer.")
     return tuple(sorted(normalized))
 
 
@@ -123,7 +116,7 @@ def _validate_schedule(u: Sequence[Any], widths: Sequence[int]) -> list[np.ndarr
     if len(u) != len(widths):
         raise ShapeError(f"The schedule must have one input per layer ({len(widths)}), got {len(u)}.")
     inputs = []
-    for k, (value, width) in enumerate(zip(u, widths)):
+    for k, (value, width) in enumerate(zip(u, widths, strict=True)):
         # scalar or (m_k,) -> (m_k,)
         vector = np.atleast_1d(np.asarray(value, dtype=np.float64))
         if vector.shape != (width,):
@@ -145,9 +138,10 @@ class LayerVaryingSurrogate:
         read as one input column.
     C : ndarray, (n_out, d_L)
         Readout of the final state. A 1-D array is read as one output row.
-    input_directions : list of ndarray, each (H, m_k), optional
+    input_directions : list of ndarray, each (H, m_k), or ndarray (H, m), optional
         Map from the input amplitudes of layer ``k`` to the injection vector in
-        model space. None when unknown.
+        model space. One matrix is shared by every layer and stored as a list.
+        None when unknown.
     state_norms : ndarray, (L,), optional
         Norm of the unperturbed state ``x_k``, used for relative caps.
     metadata : dict
@@ -182,7 +176,7 @@ class LayerVaryingSurrogate:
     A: list[np.ndarray]
     B: list[np.ndarray]
     C: np.ndarray
-    input_directions: list[np.ndarray] | None = None
+    input_directions: list[np.ndarray] | np.ndarray | None = None
     state_norms: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -192,7 +186,7 @@ class LayerVaryingSurrogate:
         self.C = _as_matrix(self.C, "C")
         n_layers = len(self.A)
         if n_layers == 0:
-            raise ShapeError("A is empty; a surrogate needs at least one layer.")
+            raise ShapeError("A is empty, but a surrogate needs at least one layer.")
         if len(self.B) != n_layers:
             raise ShapeError(f"B must have one matrix per layer ({n_layers}), got {len(self.B)}.")
 
@@ -200,18 +194,18 @@ class LayerVaryingSurrogate:
             if self.A[k].shape[1] != self.A[k - 1].shape[0]:
                 raise ShapeError(
                     f"A[{k}] has {self.A[k].shape[1]} columns but A[{k - 1}] has "
-                    f"{self.A[k - 1].shape[0]} rows; d_{k} must agree."
+                    f"{self.A[k - 1].shape[0]} rows, and both must equal d_{k}."
                 )
         for k in range(n_layers):
             if self.B[k].shape[0] != self.A[k].shape[0]:
                 raise ShapeError(
                     f"B[{k}] has {self.B[k].shape[0]} rows but A[{k}] has "
-                    f"{self.A[k].shape[0]}; both must equal d_{k + 1}."
+                    f"{self.A[k].shape[0]}, and both must equal d_{k + 1}."
                 )
         if self.C.shape[1] != self.A[-1].shape[0]:
             raise ShapeError(
                 f"C has {self.C.shape[1]} columns but A[{n_layers - 1}] has "
-                f"{self.A[-1].shape[0]} rows; both must equal d_L."
+                f"{self.A[-1].shape[0]} rows, and both must equal d_L."
             )
 
         self.input_directions = _as_input_directions(self.input_directions, self.input_widths)
@@ -249,6 +243,14 @@ class LayerVaryingSurrogate:
         -----
         One backward sweep of the adjoint :math:`\\lambda_k^T = C \\Phi(L, k+1)`,
         :math:`\\lambda_{k-1}^T = \\lambda_k^T A_k`, costs ``L`` matrix products.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> sys = LayerVaryingSurrogate(A=[2 * np.eye(1)] * 2, B=[np.ones((1, 1))] * 2,
+        ...                             C=np.ones((1, 1)))
+        >>> [gain.item() for gain in sys.gains()]
+        [2.0, 1.0]
         """
         return _backward_gains(self.A, self.B, self.C)
 
@@ -263,7 +265,7 @@ class LayerVaryingSurrogate:
         if self.n_outputs != 1 or any(width != 1 for width in self.input_widths):
             raise ShapeError(
                 "gain_profile needs one output and one input per layer, got "
-                f"n_out={self.n_outputs} and input widths {self.input_widths}; use gains()."
+                f"n_out={self.n_outputs} and input widths {self.input_widths}. Use gains() instead."
             )
         return np.array([gain[0, 0] for gain in self.gains()])
 
@@ -283,7 +285,7 @@ class LayerVaryingSurrogate:
         Parameters
         ----------
         u : sequence of array_like, each (m_k,)
-            Input amplitudes per layer; a scalar is accepted where ``m_k = 1``.
+            Input amplitudes per layer. A scalar is accepted where ``m_k = 1``.
 
         Returns
         -------
@@ -294,6 +296,14 @@ class LayerVaryingSurrogate:
         ------
         ShapeError
             If the schedule length or an input width is wrong.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> sys = LayerVaryingSurrogate(A=[2 * np.eye(1)] * 2, B=[np.ones((1, 1))] * 2,
+        ...                             C=np.ones((1, 1)))
+        >>> sys.simulate([1.0, 1.0])
+        array([3.])
         """
         inputs = _validate_schedule(u, self.input_widths)
         state = np.zeros(self.state_dims[0])
@@ -321,14 +331,19 @@ class TimeInvariantSurrogate:
     Parameters
     ----------
     A : ndarray, (d, d)
+        State transition shared by every block.
     B : ndarray, (d, m)
+        Input matrix shared by every layer.
     C : ndarray, (n_out, d)
+        Readout of the final state.
     n_steps : int
         Horizon ``L``, the number of blocks.
     input_directions : ndarray (H, m) or list of ndarray, optional
         One matrix for all layers or one per layer.
     state_norms : ndarray, (L,), optional
+        Norm of the unperturbed state ``x_k``, used for relative caps.
     metadata : dict
+        Free-form provenance, as for :class:`LayerVaryingSurrogate`.
 
     Raises
     ------
@@ -371,9 +386,7 @@ class TimeInvariantSurrogate:
         if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, (int, np.integer)) or self.n_steps < 1:
             raise ConfigurationError(f"n_steps must be a positive integer, got {self.n_steps!r}.")
         self.n_steps = int(self.n_steps)
-        self.input_directions = _as_input_directions(
-            self.input_directions, [self.B.shape[1]] * self.n_steps
-        )
+        self.input_directions = _as_input_directions(self.input_directions, [self.B.shape[1]] * self.n_steps)
         self.state_norms = _as_state_norms(self.state_norms, self.n_steps)
 
     @property
@@ -421,11 +434,18 @@ class TimeInvariantSurrogate:
             If ``sys`` is not discrete-time or has a non-zero ``D``, because an
             injection before block ``k`` reaches the readout one step later at
             the earliest.
+
+        Examples
+        --------
+        >>> import control
+        >>> ss = control.ss([[0.5]], [[1.0]], [[1.0]], 0, dt=1)
+        >>> TimeInvariantSurrogate.from_statespace(ss, n_steps=3).gain_profile()
+        array([0.25, 0.5 , 1.  ])
         """
         if not control.isdtime(sys, strict=True):
             raise ConfigurationError(f"sys must be discrete-time (dt=1), got dt={sys.dt!r}.")
         if np.any(np.asarray(sys.D) != 0):
-            raise ConfigurationError("sys must have D = 0; a surrogate has no direct feedthrough.")
+            raise ConfigurationError("sys must have D = 0 because a surrogate has no direct feedthrough.")
         return cls(
             A=np.array(sys.A),
             B=np.array(sys.B),
@@ -448,7 +468,7 @@ class TimeInvariantSurrogate:
         )
 
     def gains(self) -> list[np.ndarray]:
-        """Compute ``G_k = C A^{L-1-k} B`` for ``k = 0..L-1``; each has shape (n_out, m)."""
+        """Compute the gains ``G_k = C A^{L-1-k} B``, each of shape (n_out, m), for ``k = 0..L-1``."""
         return _backward_gains([self.A] * self.n_steps, [self.B] * self.n_steps, self.C)
 
     def gain_profile(self) -> np.ndarray:
@@ -461,8 +481,8 @@ class TimeInvariantSurrogate:
         """
         if self.B.shape[1] != 1 or self.C.shape[0] != 1:
             raise ShapeError(
-                f"gain_profile needs one input and one output, got B {self.B.shape} "
-                f"and C {self.C.shape}; use gains()."
+                f"gain_profile needs one input and one output, got B {self.B.shape} and C {self.C.shape}. "
+                "Use gains() instead."
             )
         return np.array([gain[0, 0] for gain in self.gains()])
 
@@ -495,7 +515,7 @@ def _common_basis_sequence(
         dims = llv.state_dims
         if len(set(dims)) != 1:
             raise ShapeError(
-                f"The layer bases differ in dimension (d_k = {list(dims)}); pass basis_overlaps "
+                f"The layer bases differ in dimension (d_k = {list(dims)}). Pass basis_overlaps "
                 "to map each layer's basis into a common one."
             )
         return list(llv.A), list(llv.B), llv.C
@@ -507,11 +527,9 @@ def _common_basis_sequence(
             f"x_0..x_L, got {len(overlaps)}."
         )
     common_dim = overlaps[0].shape[0]
-    for k, (overlap, dim) in enumerate(zip(overlaps, llv.state_dims)):
+    for k, (overlap, dim) in enumerate(zip(overlaps, llv.state_dims, strict=True)):
         if overlap.shape != (common_dim, dim):
-            raise ShapeError(
-                f"basis_overlaps[{k}] must have shape ({common_dim}, {dim}), got {overlap.shape}."
-            )
+            raise ShapeError(f"basis_overlaps[{k}] must have shape ({common_dim}, {dim}), got {overlap.shape}.")
     # T_k = P^T P_k maps layer coordinates into common ones: (d, d_k)
     A = [overlaps[k + 1] @ a @ overlaps[k].T for k, a in enumerate(llv.A)]
     B = [overlaps[k + 1] @ b for k, b in enumerate(llv.B)]
@@ -522,7 +540,7 @@ def _common_basis_sequence(
 def _gain_error(target_gains: Sequence[np.ndarray], A: np.ndarray, B: np.ndarray, C: np.ndarray) -> float:
     n_layers = len(target_gains)
     fitted = _backward_gains([A] * n_layers, [B] * n_layers, C)
-    return float(sum(np.sum((g - f) ** 2) for g, f in zip(target_gains, fitted)))
+    return float(sum(np.sum((g - f) ** 2) for g, f in zip(target_gains, fitted, strict=True)))
 
 
 def fit_time_invariant(
@@ -590,9 +608,7 @@ def fit_time_invariant(
     if isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
         raise ConfigurationError(f"max_iterations must be a positive integer, got {max_iterations!r}.")
     if len(set(llv.input_widths)) != 1:
-        raise ShapeError(
-            f"A time-invariant fit needs the same input width at every layer, got {llv.input_widths}."
-        )
+        raise ShapeError(f"A time-invariant fit needs the same input width at every layer, got {llv.input_widths}.")
 
     A_seq, B_seq, C = _common_basis_sequence(llv, basis_overlaps)
     A = np.mean(A_seq, axis=0)
@@ -641,8 +657,8 @@ def _require_stable(sys: TimeInvariantSurrogate, task: str) -> None:
     radius = sys.spectral_radius()
     if radius >= 1.0:
         raise ConfigurationError(
-            f"{task} needs a stable A (spectral radius < 1), got spectral radius {radius:.6g}; "
-            "use the finite-horizon Gramian or scale A."
+            f"{task} needs a stable A (spectral radius < 1), got spectral radius {radius:.6g}. "
+            "Use the finite-horizon Gramian or scale A."
         )
 
 
@@ -709,7 +725,7 @@ def _slycot_truncation(
     d, m = sys.B.shape
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # dico="D": discrete time; job="B": square-root balance and truncate; equil="N": no scaling
+        # dico="D" selects discrete time, job="B" square-root balance and truncate, equil="N" no scaling
         reduced_order, Ar, Br, Cr, hsv = ab09ad(
             "D", "B", "N", d, m, sys.C.shape[0], sys.A.copy(), sys.B.copy(), sys.C.copy(), nr=order
         )
@@ -761,6 +777,10 @@ def balanced_truncation(
     :math:`\\|G - G_r\\|_\\infty \\le 2 \\sum_{i > r} \\sigma_i`, and every
     Markov parameter error is bounded by the same amount.
 
+    In discrete time the truncated system is not balanced: its Gramians are
+    :math:`\\Sigma_1` minus a positive semidefinite term, so its Hankel
+    singular values are at most the leading ones of the full system.
+
     Examples
     --------
     >>> import numpy as np
@@ -774,9 +794,7 @@ def balanced_truncation(
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= d:
         raise ConfigurationError(f"order must be an integer in 1..{d}, got {order!r}.")
     if method not in ("auto", "slycot", "square_root"):
-        raise ConfigurationError(
-            f"method must be one of 'auto', 'slycot', 'square_root', got {method!r}."
-        )
+        raise ConfigurationError(f"method must be one of 'auto', 'slycot', 'square_root', got {method!r}.")
     _require_stable(sys, "balanced_truncation")
 
     if method == "auto":
@@ -791,7 +809,7 @@ def balanced_truncation(
             Ar, Br, Cr, hsv = _slycot_truncation(sys, int(order))
         except ImportError as error:
             raise ConfigurationError(
-                "method='slycot' needs the slycot package; install it or use method='square_root'."
+                "method='slycot' needs the slycot package. Install it or use method='square_root'."
             ) from error
     else:
         Ar, Br, Cr, hsv = _square_root_truncation(sys, int(order))
