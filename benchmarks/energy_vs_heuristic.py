@@ -37,9 +37,10 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
 from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, projection_readout
-from steercontrol.controller import Controller, heuristic_schedules
+from steercontrol.controller import Controller
 from steercontrol.evaluate import calibrate
 from steercontrol.exceptions import CalibrationWarning, SteerControlError
+from steercontrol.heuristics import heuristic_schedules
 from steercontrol.identify import identify, identify_pooled, time_invariant
 from steercontrol.models import SteerableModel, load_model
 from steercontrol.plots import plot_energy_ratios, plot_gain_profiles

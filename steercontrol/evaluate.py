@@ -1,7 +1,7 @@
 """Apply schedules to the full model, calibrate them and measure their cost.
 
 A schedule planned on a surrogate fixes the *shape* of the injections over
-the layers; on the full model its overall amplitude is calibrated by
+the layers. On the full model, its overall amplitude is calibrated by
 bisection until the measured readout shift reaches the target. All
 schedules of a context are calibrated together, one batch row each, as
 single-token forwards over the frozen prefix. The energy of a calibrated
@@ -135,9 +135,9 @@ def calibrate(
     Notes
     -----
     The bracket starts at [0, 1] and doubles its upper end until the
-    normalised shift (y(s) - y(0)) / target reaches 1; bisection then keeps
-    a bracket [lo, hi] with normalised shift below 1 at lo and at least 1 at
-    hi. A response that is not monotone in the scale still yields a
+    normalised shift (y(s) - y(0)) / target reaches 1. Bisection then keeps
+    a bracket [lo, hi] with normalised shift below 1 at lo and at least 1
+    at hi, and returns the scale closest to the target seen so far. A response that is not monotone in the scale still yields a
     crossing point.
     """
     if not math.isfinite(target_shift) or target_shift == 0:

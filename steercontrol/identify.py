@@ -38,7 +38,8 @@ from steercontrol.exceptions import ConfigurationError, ShapeError
 from steercontrol.linearize import JvpMethod, Linearization, PooledLinearization, state_norms
 from steercontrol.models import SteerableModel
 from steercontrol.prefix import FrozenContext
-from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate, fit_time_invariant
+from steercontrol.reduction import fit_time_invariant
+from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
 __all__ = [
     "BasisKind",
@@ -53,7 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BasisKind = Literal["reachable", "krylov", "random"]
-"""How the per-layer bases are built; see the module docstring."""
+"""Construction of the per-layer bases; see the module docstring."""
 
 InputKind = Literal["scalar", "vector"]
 """``"scalar"``: one input per layer, an amplitude along v_k. ``"vector"``:
@@ -342,9 +343,9 @@ def identify_pooled(
 def time_invariant(identification: Identification, *, order: int | None = None) -> TimeInvariantSurrogate:
     """Fit a time-invariant (A, B, C) in one common basis to a layer-varying surrogate.
 
-    The common basis Q (hidden x d) holds the leading left singular vectors
+    The common basis Q (hidden x d) contains the leading left singular vectors
     of [P_0, ..., P_L]. Each layer's matrices are mapped into it through
-    T_k = Q^T P_k and averaged (see :func:`steercontrol.system.fit_time_invariant`).
+    T_k = Q^T P_k and averaged (see :func:`steercontrol.reduction.fit_time_invariant`).
 
     Parameters
     ----------

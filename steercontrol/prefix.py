@@ -4,7 +4,7 @@ Attention is causal, so an injection at the last token never changes an
 earlier token's keys and values. After one pass over a context's prefix
 (every token but the last), every later evaluation needs only the last
 token, with the prefix's key/value cache reused. :class:`FrozenContext`
-holds that cache and runs the last token in batches, either through the
+stores that cache and runs the last token in batches, either through the
 whole model (:meth:`FrozenContext.run_last`) or through one block at a time
 (:meth:`FrozenContext.block_function`), without ever appending to the
 stored cache.
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def _cache_keyword(model: Any) -> str:
-    # transformers 5 renames `past_key_values` to `cache` in forward signatures.
+    # transformers 5.25 names the keyword `cache` (older releases: `past_key_values`).
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 

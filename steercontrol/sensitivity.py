@@ -31,7 +31,7 @@ from steercontrol.prefix import FrozenContext
 __all__ = ["GainMethod", "EpsMode", "GainProfile", "measure_gains", "injection_sizes"]
 
 GainMethod = Literal["naive", "batched", "adjoint"]
-"""How :func:`measure_gains` computes the profile; see the module docstring."""
+"""Method of :func:`measure_gains`; see the module docstring."""
 
 EpsMode = Literal["absolute", "relative"]
 """``"absolute"``: eps in model units. ``"relative"``: eps times the norm of the unperturbed x_k."""
@@ -144,6 +144,18 @@ def measure_gains(
     if frozen is None and method != "naive":
         frozen = FrozenContext(model, ids)
 
+    if method == "adjoint":
+        assert frozen is not None
+        gains, baseline = _adjoint_gains(model, frozen, v, readout)
+        sizes = np.full(model.n_layers, np.nan)
+        return GainProfile(
+            gains=gains[:, 0] if readout.n_outputs == 1 else gains,
+            baseline=baseline,
+            eps=sizes,
+            method=method,
+            readout=readout.to_dict(),
+        )
+
     # Unperturbed run: baseline readout and state norms (for relative eps).
     with torch.no_grad(), record(model) as clean:
         if method == "naive":
@@ -154,29 +166,24 @@ def measure_gains(
     baseline = _readout_of(clean.final_normed, readout)[0]
     state_norms = clean.states[0, : model.n_layers].float().norm(dim=-1).cpu().numpy()
 
-    if method == "adjoint":
-        assert frozen is not None
-        gains = _adjoint_gains(model, frozen, v, readout)
-        sizes = np.full(model.n_layers, np.nan)
+    sizes = injection_sizes(eps, eps_mode, state_norms)
+    step = torch.as_tensor(sizes, dtype=v.dtype, device=v.device)[:, None] * v
+    if method == "naive":
+        outputs = []
+        for layer in range(model.n_layers):
+            with torch.no_grad(), record(model) as steered, inject(model, {layer: step[layer]}):
+                model.model(input_ids=ids[None])
+            outputs.append(_readout_of(steered.final_normed, readout)[0])
+        shifted = torch.stack(outputs)
     else:
-        sizes = injection_sizes(eps, eps_mode, state_norms)
-        step = torch.as_tensor(sizes, dtype=v.dtype, device=v.device)[:, None] * v
-        if method == "naive":
-            outputs = []
-            for layer in range(model.n_layers):
-                with torch.no_grad(), record(model) as steered, inject(model, {layer: step[layer]}):
-                    model.model(input_ids=ids[None])
-                outputs.append(_readout_of(steered.final_normed, readout)[0])
-            shifted = torch.stack(outputs)
-        else:
-            assert frozen is not None
-            # Row k of the batch carries the injection at layer k only.
-            eye = torch.eye(model.n_layers, device=v.device, dtype=v.dtype)
-            vectors = {layer: eye[:, layer : layer + 1] * step[layer] for layer in range(model.n_layers)}
-            with torch.no_grad(), record(model) as steered, inject(model, vectors):
-                frozen.run_last(model.n_layers)
-            shifted = _readout_of(steered.final_normed, readout)
-        gains = ((shifted - baseline) / torch.as_tensor(sizes, dtype=shifted.dtype)[:, None]).cpu().numpy()
+        assert frozen is not None
+        # Row k of the batch carries the injection at layer k only.
+        eye = torch.eye(model.n_layers, device=v.device, dtype=v.dtype)
+        vectors = {layer: eye[:, layer : layer + 1] * step[layer] for layer in range(model.n_layers)}
+        with torch.no_grad(), record(model) as steered, inject(model, vectors):
+            frozen.run_last(model.n_layers)
+        shifted = _readout_of(steered.final_normed, readout)
+    gains = ((shifted - baseline) / torch.as_tensor(sizes, dtype=shifted.dtype)[:, None]).cpu().numpy()
 
     gains = gains.astype(np.float64)
     return GainProfile(
@@ -188,7 +195,9 @@ def measure_gains(
     )
 
 
-def _adjoint_gains(model: SteerableModel, frozen: FrozenContext, v: torch.Tensor, readout: Readout) -> np.ndarray:
+def _adjoint_gains(
+    model: SteerableModel, frozen: FrozenContext, v: torch.Tensor, readout: Readout
+) -> tuple[np.ndarray, np.ndarray]:
     # One zero injection per layer that requires grad: d y / d delta_k is the
     # gradient with respect to an injection at block k's input.
     deltas = torch.zeros(model.n_layers, model.hidden_size, device=v.device, dtype=model.dtype, requires_grad=True)
@@ -202,5 +211,6 @@ def _adjoint_gains(model: SteerableModel, frozen: FrozenContext, v: torch.Tensor
                 outputs[output_index], deltas, retain_graph=output_index + 1 < readout.n_outputs
             )
             rows.append((gradient.double() * v).sum(-1))
-    # (n_layers, n_outputs)
-    return torch.stack(rows, dim=1).detach().cpu().numpy()
+    # gains (n_layers, n_outputs) and the baseline readout (n_outputs,)
+    gains = torch.stack(rows, dim=1).detach().cpu().numpy().astype(np.float64)
+    return gains, outputs.detach().cpu().numpy().astype(np.float64)

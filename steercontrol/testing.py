@@ -171,7 +171,7 @@ class PlantedLinearLM(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden)
         logits = self.lm_head(self.norm(hidden))
-        # Tokens never interact, so the "cache" holds nothing.
+        # Tokens never interact, so the returned cache is empty.
         return SimpleNamespace(logits=logits, cache=SimpleNamespace(layers=[]) if use_cache else None)
 
 

@@ -12,18 +12,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from steercontrol.controller import (
-    Controller,
-    Schedule,
-    best_single_layer,
-    early_layer,
-    heuristic_schedules,
-    last_layer,
-    middle_layer,
-    random_single_layer,
-    single_layer,
-    uniform_all,
-)
+from steercontrol.controller import Controller
 from steercontrol.exceptions import (
     ConfigurationError,
     IllConditionedGramianWarning,
@@ -34,6 +23,17 @@ from steercontrol.exceptions import (
     UnreachableTargetError,
 )
 from steercontrol.gramian import output_gramian
+from steercontrol.heuristics import (
+    best_single_layer,
+    early_layer,
+    heuristic_schedules,
+    last_layer,
+    middle_layer,
+    random_single_layer,
+    single_layer,
+    uniform_all,
+)
+from steercontrol.schedule import Schedule
 from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
 RTOL = 1e-10
@@ -669,7 +669,8 @@ def test_schedule_rejects_mismatched_shifts():
 
 def test_linear_modules_do_not_import_torch():
     code = (
-        "import sys; import steercontrol.system, steercontrol.gramian, steercontrol.controller; "
+        "import sys; import steercontrol.system, steercontrol.reduction, steercontrol.gramian, "
+        "steercontrol.schedule, steercontrol.controller, steercontrol.heuristics; "
         "print('torch' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from steercontrol.concepts import probe_readout
-from steercontrol.controller import Controller, heuristic_schedules
+from steercontrol.controller import Controller
 from steercontrol.evaluate import calibrate, next_token_kl
 from steercontrol.exceptions import CalibrationWarning, ConfigurationError, ShapeError
+from steercontrol.heuristics import heuristic_schedules
 from steercontrol.identify import identify
 from steercontrol.prefix import FrozenContext
 from steercontrol.testing import planted_linear_model, tiny_model

@@ -8,13 +8,8 @@ import pytest
 import scipy.linalg
 
 from steercontrol.exceptions import ConfigurationError, ShapeError
-from steercontrol.system import (
-    LayerVaryingSurrogate,
-    TimeInvariantSurrogate,
-    balanced_truncation,
-    fit_time_invariant,
-    hankel_singular_values,
-)
+from steercontrol.reduction import balanced_truncation, fit_time_invariant, hankel_singular_values
+from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
 RTOL = 1e-10
 
