@@ -7,7 +7,9 @@ For each task, on held-out contexts of a real model:
 2. per context, a layer-varying surrogate (and its time-invariant fit) and
    the measured gain profile, with their Spearman and Pearson agreement;
 3. schedules planned for the target shift: minimum energy on the context's
-   surrogate, minimum energy on a surrogate pooled over the operating split,
+   surrogate, the same refined by successive linearisation around the
+   steered trajectory (``min_energy_iterated``, our addition), minimum
+   energy on a surrogate pooled over the operating split,
    and the heuristics (uniform over all layers, last layer, middle layer,
    early layer, a random single layer, the best single layer by measured
    gain);
@@ -38,7 +40,7 @@ from tqdm import tqdm
 
 from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, projection_readout
 from steercontrol.controller import Controller
-from steercontrol.evaluate import calibrate
+from steercontrol.evaluate import calibrate, refine_min_energy
 from steercontrol.exceptions import CalibrationWarning, SteerControlError
 from steercontrol.heuristics import heuristic_schedules
 from steercontrol.identify import identify, identify_pooled, time_invariant
@@ -51,6 +53,7 @@ logger = logging.getLogger("energy_vs_heuristic")
 
 SCHEDULE_ORDER = [
     "min_energy",
+    "min_energy_iterated",
     "min_energy_pooled",
     "uniform_all",
     "best_single_layer",
@@ -87,6 +90,7 @@ def run_task(
     eps: float,
     seed: int,
     progress: bool,
+    iterations: int = 3,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """Run the benchmark on one task; return the summary, per-context rows and profiles."""
     task = load_task(task_name)
@@ -131,30 +135,52 @@ def run_task(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
             calibrations = calibrate(model, context, vectors, readout, target)
+            if iterations > 0 and calibrations["min_energy"].reached:
+                start = calibrations["min_energy"].scale * planned["min_energy"].amplitude_profile()
+                refined, _ = refine_min_energy(
+                    model,
+                    context,
+                    directions.directions,
+                    readout,
+                    target,
+                    start,
+                    iterations=iterations,
+                    order=order,
+                )
+                unit = identified.surrogate.input_directions
+                vectors["min_energy_iterated"] = np.stack([refined[k] * unit[k][:, 0] for k in range(len(unit))])
+                calibrations.update(
+                    calibrate(model, context, {"min_energy_iterated": vectors["min_energy_iterated"]}, readout, target)
+                )
+                planned["min_energy_iterated"] = planned["min_energy"]
         reference = calibrations["min_energy"].energy
 
         spearman, pearson = _correlations(predicted, measured)
         lti_spearman, lti_pearson = _correlations(lti_gains, measured)
         for name, result in calibrations.items():
-            rows.append({
-                "task": task_name,
-                "context": int(index),
-                "text": texts[index],
-                "schedule": name,
-                "reached": result.reached,
-                "scale": result.scale,
-                "energy": result.energy,
-                "energy_ratio": result.energy / reference if result.reached and np.isfinite(reference) else math.nan,
-                "achieved_shift": result.achieved_shift,
-                "target_shift": target,
-                "kl": result.kl,
-                "layer": planned[name].metadata.get("layer", ""),
-                "llv_spearman": spearman,
-                "llv_pearson": pearson,
-                "lti_spearman": lti_spearman,
-                "lti_pearson": lti_pearson,
-                "identify_seconds": identified.seconds,
-            })
+            rows.append(
+                {
+                    "task": task_name,
+                    "context": int(index),
+                    "text": texts[index],
+                    "schedule": name,
+                    "reached": result.reached,
+                    "scale": result.scale,
+                    "energy": result.energy,
+                    "energy_ratio": result.energy / reference
+                    if result.reached and np.isfinite(reference)
+                    else math.nan,
+                    "achieved_shift": result.achieved_shift,
+                    "target_shift": target,
+                    "kl": result.kl,
+                    "layer": planned[name].metadata.get("layer", ""),
+                    "llv_spearman": spearman,
+                    "llv_pearson": pearson,
+                    "lti_spearman": lti_spearman,
+                    "lti_pearson": lti_pearson,
+                    "identify_seconds": identified.seconds,
+                }
+            )
 
     profiles = {
         "measured": np.asarray(measured_all),
@@ -255,29 +281,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Compare minimum-energy injection schedules with heuristic ones on a real model.",
     )
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="embedded name, local directory or hub id (default: smollm2-135m)")
-    parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
-                        help=f"comma-separated built-in tasks (default: {','.join(BUILTIN_TASKS)})")
-    parser.add_argument("--contexts", type=int, default=None,
-                        help="held-out contexts per task (default: 24, or 4 with --quick)")
-    parser.add_argument("--pooled-contexts", type=int, default=None,
-                        help="operating-split contexts for the pooled surrogate (default: 16, or 4 with --quick)")
-    parser.add_argument("--target-shift", type=float, default=None,
-                        help="readout change to reach, in readout units (default: --target-fraction times the "
-                             "distance between the class means along the final concept direction)")
-    parser.add_argument("--target-fraction", type=float, default=0.5,
-                        help="target as a fraction of the class-mean distance (default: 0.5)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="embedded name, local directory or hub id (default: smollm2-135m)"
+    )
+    parser.add_argument(
+        "--tasks",
+        default=",".join(BUILTIN_TASKS),
+        help=f"comma-separated built-in tasks (default: {','.join(BUILTIN_TASKS)})",
+    )
+    parser.add_argument(
+        "--contexts", type=int, default=None, help="held-out contexts per task (default: 16, or 4 with --quick)"
+    )
+    parser.add_argument(
+        "--pooled-contexts",
+        type=int,
+        default=None,
+        help="operating-split contexts for the pooled surrogate (default: 16, or 4 with --quick)",
+    )
+    parser.add_argument(
+        "--target-shift",
+        type=float,
+        default=None,
+        help="readout change to reach, in readout units (default: --target-fraction times the "
+        "distance between the class means along the final concept direction)",
+    )
+    parser.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.5,
+        help="target as a fraction of the class-mean distance (default: 0.5)",
+    )
     parser.add_argument("--order", type=int, default=32, help="surrogate order d (default: 32)")
-    parser.add_argument("--eps", type=float, default=0.1, help="injection size for measured gains, model units (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of context sampling and random heuristics (default: 0)")
+    parser.add_argument(
+        "--eps", type=float, default=0.1, help="injection size for measured gains, model units (default: 0.1)"
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=3,
+        help="relinearisations of min_energy_iterated; 0 skips that schedule (default: 3)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of context sampling and random heuristics (default: 0)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer contexts: a run of about a minute")
     parser.add_argument("--out", type=Path, default=None, help="folder for JSON, CSV and PNG outputs")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    args.contexts = args.contexts if args.contexts is not None else (4 if args.quick else 24)
+    args.contexts = args.contexts if args.contexts is not None else (4 if args.quick else 16)
     args.pooled_contexts = args.pooled_contexts if args.pooled_contexts is not None else (4 if args.quick else 16)
+    if args.iterations < 0:
+        parser.error(f"--iterations must be >= 0, got {args.iterations}")
     for name in ("contexts", "pooled_contexts", "order"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -315,10 +370,17 @@ def main(argv: list[str] | None = None, *, model: SteerableModel | None = None) 
     profiles: dict[str, Any] = {}
     for task_name in args.tasks:
         summary, rows, task_profiles = run_task(
-            model, task_name,
-            contexts=args.contexts, pooled_contexts=args.pooled_contexts, order=args.order,
-            target_shift=args.target_shift, target_fraction=args.target_fraction, eps=args.eps,
-            seed=args.seed, progress=not args.no_progress,
+            model,
+            task_name,
+            contexts=args.contexts,
+            pooled_contexts=args.pooled_contexts,
+            order=args.order,
+            target_shift=args.target_shift,
+            target_fraction=args.target_fraction,
+            eps=args.eps,
+            seed=args.seed,
+            progress=not args.no_progress,
+            iterations=args.iterations,
         )
         results["tasks"][task_name] = summary
         all_rows.extend(rows)

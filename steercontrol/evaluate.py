@@ -26,7 +26,7 @@ from steercontrol.hooks import inject, record
 from steercontrol.models import SteerableModel
 from steercontrol.prefix import FrozenContext
 
-__all__ = ["Calibration", "calibrate", "next_token_kl"]
+__all__ = ["Calibration", "calibrate", "next_token_kl", "steered_states", "refine_min_energy"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +224,115 @@ def calibrate(
             iterations=iterations + 1,
         )
     return results
+
+
+def steered_states(
+    model: SteerableModel, context: FrozenContext, vectors: np.ndarray | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the last token's states and final-normed state under an injection.
+
+    Parameters
+    ----------
+    model : SteerableModel
+        The model.
+    context : FrozenContext
+        The context.
+    vectors : array-like
+        (n_layers, hidden) injection at the last token.
+
+    Returns
+    -------
+    states : torch.Tensor
+        (n_layers + 1, hidden): the input each block receives (after the
+        injection at that block) and the input of the final norm.
+    final_normed : torch.Tensor
+        (hidden,) output of the final norm.
+    """
+    dense = torch.as_tensor(np.asarray(vectors), dtype=model.dtype, device=model.device)
+    if dense.shape != (model.n_layers, model.hidden_size):
+        raise ShapeError(
+            f"vectors must be (n_layers, hidden) = ({model.n_layers}, {model.hidden_size}), got {tuple(dense.shape)}."
+        )
+    with torch.no_grad(), record(model) as recording, inject(model, dense):
+        context.run_last(1)
+    return recording.states[0], recording.final_normed[0]
+
+
+def refine_min_energy(
+    model: SteerableModel,
+    context: FrozenContext,
+    directions: np.ndarray,
+    readout: Readout,
+    target_shift: float,
+    amplitudes: np.ndarray,
+    *,
+    iterations: int = 2,
+    order: int = 32,
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Refine a scalar-input schedule by successive linearisation (Gauss-Newton).
+
+    A minimum-energy schedule planned on the surrogate at the unperturbed
+    trajectory is optimal only to first order. Each iteration identifies a
+    new surrogate around the trajectory steered by the current schedule and
+    solves the minimum-energy problem for the update there.
+
+    Parameters
+    ----------
+    model : SteerableModel
+        The model.
+    context : FrozenContext
+        The context.
+    directions : np.ndarray
+        (n_layers + 1, hidden) concept directions; the inputs are amplitudes
+        along the unit directions v_0..v_{L-1}.
+    readout : Readout
+        A scalar readout.
+    target_shift : float
+        Desired readout change from the unsteered model.
+    amplitudes : np.ndarray
+        (n_layers,) starting amplitudes, for example a calibrated
+        minimum-energy schedule.
+    iterations : int
+        Number of relinearisations.
+    order : int
+        Surrogate order at each iteration.
+
+    Returns
+    -------
+    amplitudes : np.ndarray
+        (n_layers,) refined amplitudes; calibrate them before comparing
+        energies, because each step is exact only to first order.
+    history : list of dict
+        Per iteration: the measured shift before the step and the energy.
+
+    Notes
+    -----
+    With g(a) the gains of an extra injection at the trajectory steered by
+    a, and y(a) the measured shift, the update solves
+    min ||a'||^2 subject to y(a) + g(a) (a' - a) = target, which gives
+    a' = g (target - y(a) + g a) / ||g||^2.
+    """
+    from steercontrol.identify import identify
+
+    if iterations < 1:
+        raise ConfigurationError(f"Invalid iterations {iterations!r}; pass an int >= 1.")
+    unit = np.asarray(directions, dtype=np.float64)[: model.n_layers]
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    current = np.asarray(amplitudes, dtype=np.float64).copy()
+    if current.shape != (model.n_layers,):
+        raise ShapeError(f"amplitudes must be (n_layers,) = ({model.n_layers},), got {current.shape}.")
+
+    _, clean_normed = steered_states(model, context, np.zeros_like(unit))
+    y0 = float(readout.apply(clean_normed[None].double())[0, 0])
+    history = []
+    for _ in range(iterations):
+        states, normed = steered_states(model, context, current[:, None] * unit)
+        shift = float(readout.apply(normed[None].double())[0, 0]) - y0
+        history.append({"shift": shift, "energy": float(current @ current)})
+        surrogate = identify(model, context, directions, readout, order=order, operating_states=states).surrogate
+        gains = surrogate.gain_profile()
+        norm_squared = float(gains @ gains)
+        if norm_squared == 0.0:
+            break
+        current = gains * (target_shift - shift + float(gains @ current)) / norm_squared
+    return current, history

@@ -63,7 +63,9 @@ d_k inputs per layer, a vector in the span of P_k."""
 _DEPENDENCE_TOLERANCE = 1e-6
 
 
-def orthonormalize(columns: torch.Tensor, max_columns: int, *, tolerance: float = _DEPENDENCE_TOLERANCE) -> torch.Tensor:
+def orthonormalize(
+    columns: torch.Tensor, max_columns: int, *, tolerance: float = _DEPENDENCE_TOLERANCE
+) -> torch.Tensor:
     """Orthonormalise columns by modified Gram-Schmidt, in order.
 
     Parameters
@@ -255,6 +257,7 @@ def identify(
     jvp: JvpMethod = "forward",
     step: float = 2e-3,
     seed: int = 0,
+    operating_states: torch.Tensor | None = None,
 ) -> Identification:
     """Identify a layer-varying surrogate around one context.
 
@@ -280,6 +283,10 @@ def identify(
         Central-difference step.
     seed : int
         Seed of the random basis.
+    operating_states : torch.Tensor, optional
+        (n_layers + 1, hidden) states to linearise around instead of the
+        unperturbed trajectory, such as those of a steered run (see
+        :func:`steercontrol.evaluate.refine_min_energy`).
 
     Returns
     -------
@@ -297,10 +304,22 @@ def identify(
     bases.
     """
     frozen = context if isinstance(context, FrozenContext) else FrozenContext(model, context)
-    linearization = Linearization(frozen, method=jvp, step=step)
+    linearization = Linearization(frozen, method=jvp, step=step, operating_states=operating_states)
+    metadata = {
+        "pooled_contexts": 1,
+        "jvp": jvp,
+        "operating_point": "unperturbed" if operating_states is None else "steered",
+    }
     return _identify(
-        linearization, model, directions, readout,
-        order=order, basis=basis, inputs=inputs, seed=seed, metadata={"pooled_contexts": 1, "jvp": jvp},
+        linearization,
+        model,
+        directions,
+        readout,
+        order=order,
+        basis=basis,
+        inputs=inputs,
+        seed=seed,
+        metadata=metadata,
     )
 
 
@@ -334,8 +353,14 @@ def identify_pooled(
         for c in contexts
     ]
     return _identify(
-        PooledLinearization(parts), model, directions, readout,
-        order=order, basis=basis, inputs=inputs, seed=seed,
+        PooledLinearization(parts),
+        model,
+        directions,
+        readout,
+        order=order,
+        basis=basis,
+        inputs=inputs,
+        seed=seed,
         metadata={"pooled_contexts": len(parts), "jvp": jvp},
     )
 

@@ -59,6 +59,9 @@ class Linearization:
         How products are computed; see :data:`JvpMethod`.
     step : float
         Central-difference step h in model units (about 2e-3 suits float32).
+    operating_states : torch.Tensor, optional
+        (n_layers + 1, hidden) block inputs to linearise around, in place of
+        the unperturbed trajectory; each row is the input block k receives.
 
     Notes
     -----
@@ -67,7 +70,14 @@ class Linearization:
     preferred.
     """
 
-    def __init__(self, context: FrozenContext, *, method: JvpMethod = "forward", step: float = 2e-3) -> None:
+    def __init__(
+        self,
+        context: FrozenContext,
+        *,
+        method: JvpMethod = "forward",
+        step: float = 2e-3,
+        operating_states: torch.Tensor | None = None,
+    ) -> None:
         if method not in ("forward", "central"):
             raise ConfigurationError(f"Invalid JVP method {method!r}; expected 'forward' or 'central'.")
         if not step > 0:
@@ -78,6 +88,12 @@ class Linearization:
         self.step = float(step)
         self._forward_failed = False
         self.evaluations = 0
+        expected = (context.model.n_layers + 1, context.model.hidden_size)
+        if operating_states is not None and tuple(operating_states.shape) != expected:
+            raise ShapeError(
+                f"operating_states must be (n_layers + 1, hidden) = {expected}, got {tuple(operating_states.shape)}."
+            )
+        self.operating_states = operating_states
 
     @property
     def n_layers(self) -> int:
@@ -85,7 +101,13 @@ class Linearization:
         return self.model.n_layers
 
     def state(self, layer: int) -> torch.Tensor:
-        """Return the unperturbed last-token state x_k (hidden,), for k = 0..L."""
+        """Return the operating-point state x_k (hidden,), for k = 0..L.
+
+        This is the unperturbed last-token state unless ``operating_states``
+        was given, for example the states of a steered run.
+        """
+        if self.operating_states is not None:
+            return self.operating_states[layer].to(self.context.block_input(0).dtype)
         if layer == self.n_layers:
             return self._final_state()
         return self.context.block_input(layer)
@@ -98,11 +120,9 @@ class Linearization:
     def apply(self, layer: int, directions: torch.Tensor) -> torch.Tensor:
         """Return A_k V for an (n, hidden) batch of directions V, shape (n, hidden)."""
         if directions.ndim != 2 or directions.shape[1] != self.model.hidden_size:
-            raise ShapeError(
-                f"directions must be (n, hidden={self.model.hidden_size}), got {tuple(directions.shape)}."
-            )
+            raise ShapeError(f"directions must be (n, hidden={self.model.hidden_size}), got {tuple(directions.shape)}.")
         block = self.context.block_function(layer)
-        x0 = self.context.block_input(layer)
+        x0 = self.state(layer)
         tangents = directions.to(device=x0.device, dtype=x0.dtype)
         primal = x0[None].expand(tangents.shape[0], -1).contiguous()
         self.evaluations += tangents.shape[0]

@@ -12,7 +12,7 @@ import torch
 
 from steercontrol.concepts import probe_readout
 from steercontrol.controller import Controller
-from steercontrol.evaluate import calibrate, next_token_kl
+from steercontrol.evaluate import calibrate, next_token_kl, refine_min_energy, steered_states
 from steercontrol.exceptions import CalibrationWarning, ConfigurationError, ShapeError
 from steercontrol.heuristics import heuristic_schedules
 from steercontrol.identify import identify
@@ -46,6 +46,22 @@ def test_linear_model_energy_ratios_match_closed_form():
     assert np.isclose(uniform, len(g) * np.sum(g**2) / np.sum(g) ** 2, rtol=1e-4)
     last = results["last_layer"].energy / reference
     assert np.isclose(last, np.sum(g**2) / g[-1] ** 2, rtol=1e-4)
+
+
+def test_refinement_keeps_linear_optimum():
+    target = 0.7
+    model, context, readout, surrogate = _planted_controller(target)
+    directions = np.stack([d[:, 0] for d in surrogate.input_directions] + [surrogate.input_directions[0][:, 0]])
+    optimum = Controller(surrogate).min_energy(target).amplitude_profile()
+    refined, history = refine_min_energy(model, context, directions, readout, target, 0.5 * optimum, iterations=2, order=12)
+    assert np.allclose(refined, optimum, rtol=1e-6)
+    assert np.isclose(history[0]["shift"], 0.5 * target, rtol=1e-6)
+
+
+def test_steered_states_shape_checked(tiny_llama):
+    context = FrozenContext(tiny_llama, torch.tensor([1, 2, 3]))
+    with pytest.raises(ShapeError, match="vectors must be"):
+        steered_states(tiny_llama, context, np.zeros((3, 32)))
 
 
 def test_bisection_hits_target_on_tiny_model(tiny_llama):
@@ -102,7 +118,7 @@ def test_energy_benchmark_end_to_end(tmp_path, capsys):
     schedules = summary["tasks"]["sentiment"]["schedules"]
     assert summary["seconds"] > 0
     assert schedules["min_energy"]["energy_ratio_median"] == 1.0
-    assert {"uniform_all", "last_layer", "best_single_layer"} <= set(schedules)
+    assert {"uniform_all", "last_layer", "best_single_layer", "min_energy_iterated"} <= set(schedules)
     for name in ("results.json", "contexts.csv", "gain_profiles.png", "energy_ratios.png"):
         assert (tmp_path / name).stat().st_size > 0
 
