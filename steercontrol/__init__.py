@@ -8,7 +8,8 @@ minimum-energy injection schedules, and applies them to the full model with
 forward hooks.
 
 Public names are imported lazily, so that the NumPy-only modules
-(``system``, ``gramian``, ``controller``) load without torch.
+(``system``, ``gramian``, ``reduction``, ``schedule``, ``controller``,
+``heuristics``) load without torch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ _PUBLIC = {
     "EMBEDDED_MODELS": "steercontrol.models",
     "inject": "steercontrol.hooks",
     "record": "steercontrol.hooks",
+    "load_task": "steercontrol.concepts",
+    "concept_directions": "steercontrol.concepts",
+    "projection_readout": "steercontrol.concepts",
+    "measure_gains": "steercontrol.sensitivity",
+    "Controller": "steercontrol.controller",
+    "Schedule": "steercontrol.schedule",
+    "calibrate": "steercontrol.evaluate",
+    "steer": "steercontrol.generation",
+    "save_surrogate": "steercontrol.io",
+    "load_surrogate": "steercontrol.io",
 }
 
 __all__ = ["__version__", *_PUBLIC]
