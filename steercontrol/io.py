@@ -38,7 +38,7 @@ import safetensors.numpy
 
 from steercontrol import __version__
 from steercontrol.exceptions import ConfigurationError, DataError, ModelMismatchError, ShapeError
-from steercontrol.schedule import Schedule
+from steercontrol.schedule import Schedule, _to_jsonable
 from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
 if TYPE_CHECKING:
@@ -67,19 +67,6 @@ _PLAN_AGAIN = "Plan the schedule again on a surrogate identified on this model."
 
 
 # Header encoding
-
-
-def _to_jsonable(value: Any) -> Any:
-    """Convert NumPy arrays and scalars inside dicts, lists and tuples to plain Python."""
-    if isinstance(value, Mapping):
-        return {str(key): _to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _encode_header(fields: dict[str, Any]) -> dict[str, str]:

@@ -7,7 +7,7 @@ imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ __all__ = ["Schedule"]
 
 def _to_jsonable(value: Any) -> Any:
     """Convert NumPy arrays and scalars inside dicts, lists and tuples to plain Python."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(key): _to_jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_jsonable(item) for item in value]
