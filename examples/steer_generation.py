@@ -26,7 +26,7 @@ import steercontrol as sc
 from steercontrol.concepts import concept_directions, load_task, projection_readout
 from steercontrol.controller import Controller
 from steercontrol.evaluate import calibrate
-from steercontrol.generation import continuation_readout, generate_continuations, neutral_kl, perplexity
+from steercontrol.generation_metrics import continuation_readout, generate_continuations, neutral_kl, perplexity
 from steercontrol.heuristics import uniform_all
 from steercontrol.identify import identify
 from steercontrol.prefix import FrozenContext

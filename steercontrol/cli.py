@@ -408,7 +408,7 @@ def _load_vectors(path: Path, model: Any = None) -> tuple[Any, np.ndarray]:
 
 
 def _run_generate(args: argparse.Namespace) -> dict[str, Any]:
-    from steercontrol.generation import generate_continuations
+    from steercontrol.generation_metrics import generate_continuations
 
     model = _load_model(args.model)
     schedule, vectors = _load_vectors(args.schedule, model)

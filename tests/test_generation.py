@@ -9,17 +9,16 @@ import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from steercontrol.closed_loop import closed_loop_generate, make_controller_factory
 from steercontrol.concepts import collect_states, probe_readout
 from steercontrol.exceptions import ConfigurationError, ShapeError
-from steercontrol.generation import (
-    closed_loop_generate,
+from steercontrol.generation import steer
+from steercontrol.generation_metrics import (
     continuation_readout,
     dose_response,
     generate_continuations,
-    make_controller_factory,
     neutral_kl,
     perplexity,
-    steer,
 )
 from steercontrol.hooks import record
 from steercontrol.testing import planted_linear_model, tiny_model
