@@ -91,10 +91,11 @@ def run_task(
     seed: int,
     progress: bool,
     iterations: int = 3,
+    max_per_class: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """Run the benchmark on one task; return the summary, per-context rows and profiles."""
     task = load_task(task_name)
-    directions = concept_directions(model, task, evaluate_split=None)
+    directions = concept_directions(model, task, evaluate_split=None, max_per_class=max_per_class)
     readout = projection_readout(directions)
     target = target_shift if target_shift is not None else target_fraction * directions.metadata["final_gap"]
 
@@ -324,7 +325,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of context sampling and random heuristics (default: 0)"
     )
-    parser.add_argument("--quick", action="store_true", help="fewer contexts: a run of about a minute")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 contexts per task, 4 pooled contexts and 48 concept texts per class for the directions",
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for JSON, CSV and PNG outputs")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -381,6 +386,7 @@ def main(argv: list[str] | None = None, *, model: SteerableModel | None = None) 
             seed=args.seed,
             progress=not args.no_progress,
             iterations=args.iterations,
+            max_per_class=48 if args.quick else None,
         )
         results["tasks"][task_name] = summary
         all_rows.extend(rows)

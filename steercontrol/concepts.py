@@ -100,7 +100,7 @@ class ConceptTask:
                 "a concept direction needs examples of both classes."
             )
         seen: dict[str, str] = {}
-        for text, split in zip(self.texts, self.splits):
+        for text, split in zip(self.texts, self.splits, strict=True):
             if not text.strip():
                 raise DataError(f"Task {self.name!r} contains an empty text; remove it.")
             if seen.setdefault(text, split) != split:
@@ -430,6 +430,7 @@ def concept_directions(
     *,
     batch_size: int = 16,
     evaluate_split: Split | None = "heldout",
+    max_per_class: int | None = None,
 ) -> ConceptDirections:
     """Estimate concept directions at every layer from the concept split.
 
@@ -444,6 +445,9 @@ def concept_directions(
     evaluate_split : {"concept", "operating", "heldout"} or None
         Split on which to measure how well the projection on v_k separates
         the classes (AUROC per layer). None skips it.
+    max_per_class : int, optional
+        Use at most this many concept texts of each class (the first ones in
+        file order). None uses them all.
 
     Returns
     -------
@@ -454,6 +458,12 @@ def concept_directions(
     v_k = (mean_{y=1} x_k - mean_{y=0} x_k) / ||mean_{y=1} x_k - mean_{y=0} x_k||
     """
     texts, labels = task.split("concept")
+    if max_per_class is not None:
+        if max_per_class < 1:
+            raise ConfigurationError(f"Invalid max_per_class {max_per_class!r}; pass an int >= 1 or None.")
+        keep = np.concatenate([np.flatnonzero(labels == value)[:max_per_class] for value in (0, 1)])
+        keep.sort()
+        texts, labels = [texts[i] for i in keep], labels[keep]
     if len(np.unique(labels)) < 2:
         raise DataError(f"The concept split of task {task.name!r} has a single class; add examples of both.")
     states, normed = collect_states(model, texts, batch_size=batch_size)

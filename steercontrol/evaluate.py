@@ -137,8 +137,9 @@ def calibrate(
     The bracket starts at [0, 1] and doubles its upper end until the
     normalised shift (y(s) - y(0)) / target reaches 1. Bisection then keeps
     a bracket [lo, hi] with normalised shift below 1 at lo and at least 1
-    at hi, and returns the scale closest to the target seen so far. A response that is not monotone in the scale still yields a
-    crossing point.
+    at hi, and returns the scale closest to the target seen so far. A
+    response that is not monotone in the scale still yields a crossing
+    point.
     """
     if not math.isfinite(target_shift) or target_shift == 0:
         raise ConfigurationError(f"Invalid target_shift {target_shift!r}; pass a finite non-zero readout change.")
@@ -148,7 +149,7 @@ def calibrate(
         raise ConfigurationError("calibrate needs at least one schedule.")
     names = list(schedules)
     arrays = [np.asarray(schedules[name], dtype=np.float64) for name in names]
-    for name, array in zip(names, arrays):
+    for name, array in zip(names, arrays, strict=True):
         if array.shape != (model.n_layers, model.hidden_size):
             raise ShapeError(
                 f"Schedule {name!r} has shape {array.shape}; expected (n_layers, hidden) = "

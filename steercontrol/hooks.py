@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -35,7 +35,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Positions = Union[Literal["last", "all"], int]
+Positions = Literal["last", "all"] | int
 """Where an injection goes or a recording reads, in each forward call.
 
 - ``"last"``: the last non-padding token of each row of the call's input.

@@ -401,13 +401,13 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str | torch.device) ->
         started = time.perf_counter()
         logger.info("First load of %s: dequantising %s (about 20 s on two cores).", name, gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         try:
             _write_cache(model, tokenizer, folder, gguf_path)
         except OSError as error:
-            logger.warning("Could not write the model cache to %s (%s); the next load will dequantise again.", folder, error)
+            logger.warning(
+                "Could not write the model cache to %s (%s); the next load will dequantise again.", folder, error
+            )
         logger.info("Loaded %s from GGUF in %.1f s.", name, time.perf_counter() - started)
         return model.to(device=device, dtype=dtype), tokenizer
 

@@ -46,7 +46,7 @@ def plot_gain_profiles(
     styles = {"measured": ("black", "-", "measured (full model)"),
               "predicted": ("tab:blue", "--", "layer-varying surrogate"),
               "time_invariant": ("tab:orange", ":", "time-invariant surrogate")}
-    for axis, task in zip(axes[0], tasks):
+    for axis, task in zip(axes[0], tasks, strict=True):
         for key, (color, line, label) in styles.items():
             if key not in profiles[task]:
                 continue
@@ -86,11 +86,11 @@ def plot_energy_ratios(
     plt = _pyplot()
     tasks = list(ratios)
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
+    for axis, task in zip(axes[0], tasks, strict=True):
         names = list(ratios[task])
         data = [np.asarray([r for r in ratios[task][name] if np.isfinite(r)]) for name in names]
         positions = np.arange(1, len(names) + 1)
-        kept = [(p, d) for p, d in zip(positions, data) if d.size]
+        kept = [(p, d) for p, d in zip(positions, data, strict=True) if d.size]
         if kept:
             axis.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=0.6, showfliers=False)
         axis.set_yscale("log")

@@ -227,4 +227,8 @@ def planted_linear_model(
         ]
     models._LAYOUTS.setdefault("steercontrol_planted", ("layers", "norm", ""))
     lm = PlantedLinearLM(matrices).to(dtype)
-    return wrap_model(lm, byte_tokenizer(), name=f"planted-linear-{n_layers}x{hidden_size}-seed{seed}"), matrices, subspace
+    return (
+        wrap_model(lm, byte_tokenizer(), name=f"planted-linear-{n_layers}x{hidden_size}-seed{seed}"),
+        matrices,
+        subspace,
+    )

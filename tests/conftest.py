@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from steercontrol.testing import tiny_model
 
 FAMILIES = ["gpt2", "llama", "gpt_neox", "gemma"]
+
+# The tests run small models, for which thread start-up costs more than it
+# saves; with one thread the suite also stays fast on a busy machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -30,8 +35,8 @@ def tiny_gpt2():
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2 model; skipped only where the wheel is missing and CI is not set."""
-    from steercontrol.models import load_model
     from steercontrol.exceptions import ModelLoadError
+    from steercontrol.models import load_model
 
     try:
         return load_model("smollm2-135m")

@@ -167,3 +167,15 @@ def test_probe_readout_shape():
     assert readout.n_outputs == 2
     with pytest.raises(ShapeError):
         probe_readout(np.ones((2, 2, 2)))
+
+
+def test_max_per_class_limits_texts():
+    model = tiny_model("llama")
+    found = concept_directions(model, _planted_task(), evaluate_split=None, max_per_class=3)
+    assert found.metadata["n_concept_texts"] == 6
+
+
+def test_max_per_class_rejects_zero():
+    model = tiny_model("llama")
+    with pytest.raises(ConfigurationError, match="max_per_class"):
+        concept_directions(model, _planted_task(), max_per_class=0)

@@ -53,7 +53,9 @@ def test_refinement_keeps_linear_optimum():
     model, context, readout, surrogate = _planted_controller(target)
     directions = np.stack([d[:, 0] for d in surrogate.input_directions] + [surrogate.input_directions[0][:, 0]])
     optimum = Controller(surrogate).min_energy(target).amplitude_profile()
-    refined, history = refine_min_energy(model, context, directions, readout, target, 0.5 * optimum, iterations=2, order=12)
+    refined, history = refine_min_energy(
+        model, context, directions, readout, target, 0.5 * optimum, iterations=2, order=12
+    )
     assert np.allclose(refined, optimum, rtol=1e-6)
     assert np.isclose(history[0]["shift"], 0.5 * target, rtol=1e-6)
 
@@ -111,8 +113,20 @@ def test_energy_benchmark_end_to_end(tmp_path, capsys):
     import energy_vs_heuristic
 
     model = tiny_model("llama", n_layers=4, hidden_size=32)
-    argv = ["--tasks", "sentiment", "--contexts", "2", "--pooled-contexts", "2", "--order", "8",
-            "--json", "--no-progress", "--out", str(tmp_path)]
+    argv = [
+        "--tasks",
+        "sentiment",
+        "--contexts",
+        "2",
+        "--pooled-contexts",
+        "2",
+        "--order",
+        "8",
+        "--json",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
     energy_vs_heuristic.main(argv, model=model)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     schedules = summary["tasks"]["sentiment"]["schedules"]

@@ -69,7 +69,9 @@ def test_frozen_context_rejects_batch(tiny_llama):
 @pytest.mark.parametrize("method", ["naive", "batched", "adjoint"])
 def test_planted_gains_equal_analytic(method):
     model, matrices, directions, weight = _planted(rank=None if method == "naive" else 3)
-    gains = measure_gains(model, model.tokenize("xyz")["input_ids"][0], directions, probe_readout(weight), method=method)
+    gains = measure_gains(
+        model, model.tokenize("xyz")["input_ids"][0], directions, probe_readout(weight), method=method
+    )
     assert np.allclose(gains.gains, _analytic_gains(matrices, directions, weight), rtol=1e-8, atol=1e-10)
 
 
