@@ -45,7 +45,7 @@ from steercontrol.exceptions import CalibrationWarning, SteerControlError
 from steercontrol.heuristics import heuristic_schedules
 from steercontrol.identify import identify, identify_pooled, time_invariant
 from steercontrol.models import SteerableModel, load_model
-from steercontrol.plots import plot_energy_ratios, plot_gain_profiles
+from steercontrol.plots import plot_energy_ratios, plot_gain_profiles, plot_schedule_profiles
 from steercontrol.prefix import FrozenContext
 from steercontrol.sensitivity import measure_gains
 
@@ -110,6 +110,7 @@ def run_task(
 
     rows: list[dict[str, Any]] = []
     measured_all, predicted_all, lti_all = [], [], []
+    schedule_shapes: dict[str, Any] = {}
     bar = tqdm(chosen, desc=task_name, disable=not progress, leave=False, file=sys.stderr)
     for index in bar:
         ids = model.tokenize(texts[index])["input_ids"][0]
@@ -156,6 +157,14 @@ def run_task(
                 planned["min_energy_iterated"] = planned["min_energy"]
         reference = calibrations["min_energy"].energy
 
+        if not schedule_shapes:
+            # Signed amplitude along v_k of each calibrated schedule, first context only.
+            unit = np.stack([d[:, 0] for d in identified.surrogate.input_directions])
+            for name, result in calibrations.items():
+                if result.reached:
+                    schedule_shapes[name] = result.scale * np.einsum("lh,lh->l", vectors[name], unit)
+            schedule_shapes["context"] = texts[index]
+
         spearman, pearson = _correlations(predicted, measured)
         lti_spearman, lti_pearson = _correlations(lti_gains, measured)
         for name, result in calibrations.items():
@@ -189,6 +198,7 @@ def run_task(
         "time_invariant": np.asarray(lti_all),
     }
     summary = _summarise_task(rows, directions, target, readout.to_dict(), profiles)
+    profiles["schedule_shapes"] = schedule_shapes
     return summary, rows, profiles
 
 
@@ -267,7 +277,10 @@ def _write_outputs(out: Path, results: dict[str, Any], rows: list[dict[str, Any]
             writer.writeheader()
             writer.writerows(rows)
         partial.replace(out / "contexts.csv")
-    plot_gain_profiles(profiles, out / "gain_profiles.png")
+    gains_only = {task: {k: v for k, v in p.items() if k != "schedule_shapes"} for task, p in profiles.items()}
+    plot_gain_profiles(gains_only, out / "gain_profiles.png")
+    shapes = {task: p.get("schedule_shapes", {}) for task, p in profiles.items()}
+    plot_schedule_profiles(shapes, out / "schedules.png")
     ratios = {
         task: {
             name: [row["energy_ratio"] for row in rows if row["task"] == task and row["schedule"] == name]
@@ -276,6 +289,52 @@ def _write_outputs(out: Path, results: dict[str, Any], rows: list[dict[str, Any]
         for task, summary in results["tasks"].items()
     }
     plot_energy_ratios(ratios, out / "energy_ratios.png")
+    atomic_write(out / "report.md", _report(results, shapes))
+
+
+def _report(results: dict[str, Any], shapes: dict[str, Any]) -> str:
+    """Return a Markdown report of a run, to read next to its PNG files."""
+    lines = [
+        "# Energy benchmark report",
+        "",
+        f"- model: `{results['model']}` ({results['n_layers']} blocks, hidden size {results['hidden_size']})",
+        f"- surrogate order: {results['order']}, measured gains at eps = {results['eps']}",
+        f"- quick run: {results['quick']}, total time {results['seconds']:.1f} s",
+        "",
+        "Energy is the sum over layers of the squared injection norms, relative to the calibrated",
+        "minimum-energy schedule of the same context (1.0). A schedule that did not reach the target",
+        "within 64 times its planned scale is counted under 'reached' and left out of the median.",
+        "",
+        "![Energy ratio per schedule](energy_ratios.png)",
+        "",
+        "![Measured and predicted layer gains](gain_profiles.png)",
+        "",
+        "![Calibrated schedules of the first context of each task](schedules.png)",
+        "",
+    ]
+    for task, summary in results["tasks"].items():
+        agreement = summary["agreement"]
+        lines += [
+            f"## {task}",
+            "",
+            f"- readout: {summary['readout']['description']}",
+            f"- target shift {summary['target_shift']:.3g} (half the class-mean gap {summary['final_gap']:.3g})",
+            f"- held-out contexts: {summary['contexts']}; first context: {shapes.get(task, {}).get('context', '')!r}",
+            f"- agreement with measured gains, layer-varying: Spearman {agreement['llv']['spearman']:.3f}, "
+            f"Pearson {agreement['llv']['pearson']:.3f}; time-invariant: Spearman "
+            f"{agreement['lti']['spearman']:.3f}, Pearson {agreement['lti']['pearson']:.3f}",
+            "",
+            "| schedule | energy ratio median | IQR | KL median (nats) | reached |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in summary["schedules"].items():
+            reached = f"{row['reached']}/{row['reached'] + row['failed']}"
+            lines.append(
+                f"| {name} | {row['energy_ratio_median']:.3g} | {row['energy_ratio_q25']:.3g} – "
+                f"{row['energy_ratio_q75']:.3g} | {row['kl_median']:.3g} | {reached} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -396,7 +455,7 @@ def main(argv: list[str] | None = None, *, model: SteerableModel | None = None) 
     _print_table(results, sys.stdout)
     if args.out is not None:
         _write_outputs(args.out, results, all_rows, profiles)
-        print(f"\nWrote results.json, contexts.csv, gain_profiles.png and energy_ratios.png to {args.out}")
+        print(f"\nWrote report.md, results.json, contexts.csv and three PNG plots to {args.out}")
     print(f"Total time: {results['seconds']:.1f} s")
     if args.json:
         print(json.dumps(results, default=float))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from steercontrol.exceptions import ConfigurationError, DataError, ShapeError, TruncationWarning
+from steercontrol.exceptions import ConfigurationError, DataDirectionWarning, DataError, ShapeError, TruncationWarning
 from steercontrol.hooks import record
 from steercontrol.models import SteerableModel
 
@@ -406,10 +406,30 @@ class ConceptDirections:
 
 def _unit_mean_difference(values: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     mask = torch.as_tensor(labels == 1)
+    # (n_layers + 1, hidden) or (hidden,)
     difference = values[mask].mean(0) - values[~mask].mean(0)
     norm = difference.norm(dim=-1, keepdim=True)
-    if bool((norm == 0).any()):
-        raise DataError("The two classes have identical mean states; the concept direction is undefined.")
+    scale = values.abs().max().clamp(min=1e-30)
+    empty = (norm <= 1e-6 * scale).reshape(-1)
+    if bool(empty.all()):
+        raise DataError(
+            "The two classes have identical mean states at every layer, so the concept direction is undefined; "
+            "check that the labels differ in meaning and that the texts are not all the same."
+        )
+    if difference.ndim == 2 and bool(empty.any()):
+        # The state at layer 0 is the last token's embedding alone, so the class
+        # means coincide there when both classes end in the same tokens. Such a
+        # layer borrows the direction of the nearest layer where they differ.
+        valid = torch.nonzero(~empty).reshape(-1)
+        for layer in torch.nonzero(empty).reshape(-1).tolist():
+            nearest = int(valid[(valid - layer).abs().argmin()])
+            difference[layer], norm[layer] = difference[nearest], norm[nearest]
+        warnings.warn(
+            f"The class means coincide at layers {torch.nonzero(empty).reshape(-1).tolist()}; "
+            "they use the direction of the nearest layer where the means differ.",
+            DataDirectionWarning,
+            stacklevel=3,
+        )
     return difference / norm
 
 

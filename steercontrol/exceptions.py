@@ -23,6 +23,7 @@ __all__ = [
     "SolverAccuracyWarning",
     "TruncationWarning",
     "CalibrationWarning",
+    "DataDirectionWarning",
 ]
 
 
@@ -84,3 +85,7 @@ class TruncationWarning(SteerControlWarning):
 
 class CalibrationWarning(SteerControlWarning):
     """A schedule could not be scaled to reach its target on the full model."""
+
+
+class DataDirectionWarning(SteerControlWarning):
+    """A concept direction could not be estimated at some layer and was borrowed from another."""

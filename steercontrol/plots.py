@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_gain_profiles", "plot_energy_ratios"]
+__all__ = ["plot_gain_profiles", "plot_energy_ratios", "plot_schedule_profiles"]
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -43,9 +43,11 @@ def plot_gain_profiles(
     plt = _pyplot()
     tasks = list(profiles)
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    styles = {"measured": ("black", "-", "measured (full model)"),
-              "predicted": ("tab:blue", "--", "layer-varying surrogate"),
-              "time_invariant": ("tab:orange", ":", "time-invariant surrogate")}
+    styles = {
+        "measured": ("black", "-", "measured (full model)"),
+        "predicted": ("tab:blue", "--", "layer-varying surrogate"),
+        "time_invariant": ("tab:orange", ":", "time-invariant surrogate"),
+    }
     for axis, task in zip(axes[0], tasks, strict=True):
         for key, (color, line, label) in styles.items():
             if key not in profiles[task]:
@@ -99,6 +101,45 @@ def plot_energy_ratios(
         axis.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         axis.set_title(task)
         axis.set_ylabel("energy / min-energy")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path, plt)
+
+
+def plot_schedule_profiles(
+    shapes: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+    *,
+    names: Sequence[str] = ("min_energy", "min_energy_iterated", "min_energy_pooled", "uniform_all"),
+    title: str = "Calibrated schedules, first context of each task",
+) -> Path:
+    """Plot the signed amplitude of each schedule per layer, one panel per task.
+
+    Parameters
+    ----------
+    shapes : mapping
+        Task -> schedule name -> (n_layers,) amplitudes along v_k. Other keys
+        (such as the context text) are ignored.
+    path : str or Path
+        Output PNG file.
+    names : sequence of str
+        Schedules to draw, when present.
+    """
+    plt = _pyplot()
+    tasks = list(shapes)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for name in names:
+            values = shapes[task].get(name)
+            if values is None:
+                continue
+            values = np.asarray(values)
+            axis.plot(np.arange(len(values)), values, marker=".", label=name)
+        axis.axhline(0, color="grey", linewidth=0.5)
+        axis.set_title(task)
+        axis.set_xlabel("layer k (block input)")
+        axis.set_ylabel("amplitude along v_k (model units)")
+    axes[0][0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path, plt)

@@ -21,7 +21,7 @@ from steercontrol.concepts import (
     probe_readout,
     projection_readout,
 )
-from steercontrol.exceptions import ConfigurationError, DataError, ShapeError, TruncationWarning
+from steercontrol.exceptions import ConfigurationError, DataDirectionWarning, DataError, ShapeError, TruncationWarning
 from steercontrol.testing import tiny_model
 
 
@@ -179,3 +179,15 @@ def test_max_per_class_rejects_zero():
     model = tiny_model("llama")
     with pytest.raises(ConfigurationError, match="max_per_class"):
         concept_directions(model, _planted_task(), max_per_class=0)
+
+
+def test_identical_means_borrow_direction():
+    # Every text ends in the same token, so the class means coincide at layer 0.
+    texts = [f"{'good' if i % 2 else 'bad'} {i} x" for i in range(40)]
+    labels = np.array([i % 2 for i in range(40)])
+    splits = [("concept", "concept", "operating", "heldout")[(i // 2) % 4] for i in range(40)]
+    task = ConceptTask("same-ending", texts, labels, splits, ("bad", "good"))
+    model = tiny_model("llama")
+    with pytest.warns(DataDirectionWarning, match="layers \\[0\\]"):
+        found = concept_directions(model, task, evaluate_split=None)
+    assert np.allclose(found.directions[0], found.directions[1])

@@ -133,7 +133,14 @@ def test_energy_benchmark_end_to_end(tmp_path, capsys):
     assert summary["seconds"] > 0
     assert schedules["min_energy"]["energy_ratio_median"] == 1.0
     assert {"uniform_all", "last_layer", "best_single_layer", "min_energy_iterated"} <= set(schedules)
-    for name in ("results.json", "contexts.csv", "gain_profiles.png", "energy_ratios.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "contexts.csv",
+        "gain_profiles.png",
+        "energy_ratios.png",
+        "schedules.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
 
 
