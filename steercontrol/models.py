@@ -479,9 +479,15 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
         loaded_tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
+        where = (
+            "a local directory"
+            if Path(name).is_dir()
+            else "neither an embedded name nor an existing local directory, so it was tried as a hub id"
+        )
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(
-            f"Could not load model {name!r}: {error}. Pass a local directory, a hub id on a machine "
-            f"with hub access, or an embedded name ({', '.join(EMBEDDED_MODELS)})."
+            f"Could not load model {name!r}: it is {where}, and loading failed ({reason}). Pass a local "
+            f"directory, a hub id on a machine with hub access, or an embedded name ({', '.join(EMBEDDED_MODELS)})."
         ) from error
     return wrap_model(model.to(device), loaded_tokenizer, name=name)
 
