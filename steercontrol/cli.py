@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from steercontrol.exceptions import DataError, SteerControlError
+from steercontrol.exceptions import ConfigurationError, DataError, SteerControlError
 
 __all__ = ["main", "build_parser", "TEST_MODELS"]
 
@@ -290,6 +290,12 @@ def _prepare_context(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]
     return model, task, directions, readout, prompt
 
 
+def _require_file(path: str | Path) -> None:
+    # Checked before the model loads, so a typo fails in a second, not after the load.
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Cannot load {path} because the file does not exist.")
+
+
 def _say(args: argparse.Namespace, text: str = "") -> None:
     if not args.quiet:
         print(text)
@@ -364,6 +370,9 @@ def _run_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.schedule != "min_energy" and (args.layers is not None or args.max_amplitude is not None):
         raise _UsageError(f"--layers and --max-amplitude apply only to --schedule min_energy, not {args.schedule}")
+    if not math.isfinite(args.target_shift) or args.target_shift == 0:
+        raise ConfigurationError(f"Invalid --target-shift {args.target_shift}; pass a finite, non-zero readout change.")
+    _require_file(args.surrogate)
     model = _load_model(args.model)
     surrogate = load_surrogate(args.surrogate, model=model)
     if surrogate.input_directions is None:
@@ -410,6 +419,7 @@ def _load_vectors(path: Path, model: Any = None) -> tuple[Any, np.ndarray]:
 def _run_generate(args: argparse.Namespace) -> dict[str, Any]:
     from steercontrol.generation_metrics import generate_continuations
 
+    _require_file(args.schedule)
     model = _load_model(args.model)
     schedule, vectors = _load_vectors(args.schedule, model)
     unsteered = generate_continuations(model, args.prompt, max_new_tokens=args.max_new_tokens)[0]

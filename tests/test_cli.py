@@ -289,3 +289,41 @@ def test_export_first_layers_to_gguf_returns_1(capsys, artifacts, tmp_path):
     assert cli.main(["export", "--schedule", str(schedule), "--format", "gguf", "--out", str(out)]) == 1
     _assert_one_line_error(capsys.readouterr(), "llama.cpp loads only indices >= 1")
     assert not out.exists()
+
+
+def test_plan_zero_target_fails_before_loading(tmp_path, capsys, monkeypatch):
+    from steercontrol import cli
+
+    def forbidden(name):
+        raise AssertionError("the model must not load for an invalid target")
+
+    monkeypatch.setattr(cli, "_load_model", forbidden)
+    code = cli.main(
+        [
+            "plan",
+            "--model",
+            "tiny-llama",
+            "--surrogate",
+            str(tmp_path / "s.safetensors"),
+            "--target-shift",
+            "0",
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ]
+    )
+    assert code == 1
+    assert "Invalid --target-shift 0" in capsys.readouterr().err
+
+
+def test_generate_missing_schedule_fails_before_loading(tmp_path, capsys, monkeypatch):
+    from steercontrol import cli
+
+    def forbidden(name):
+        raise AssertionError("the model must not load for a missing file")
+
+    monkeypatch.setattr(cli, "_load_model", forbidden)
+    code = cli.main(
+        ["generate", "--model", "tiny-llama", "--schedule", str(tmp_path / "none.safetensors"), "--prompt", "hi"]
+    )
+    assert code == 1
+    assert "does not exist" in capsys.readouterr().err
