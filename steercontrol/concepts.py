@@ -175,7 +175,12 @@ def _assign_splits(labels: np.ndarray, seed: int) -> list[str]:
         index = rng.permutation(np.flatnonzero(labels == value))
         cut1, cut2 = len(index) // 2, (3 * len(index)) // 4
         for position, i in enumerate(index):
-            splits[i] = "concept" if position < cut1 else "operating" if position < cut2 else "heldout"
+            if position < cut1:
+                splits[i] = "concept"
+            elif position < cut2:
+                splits[i] = "operating"
+            else:
+                splits[i] = "heldout"
     return splits
 
 

@@ -8,7 +8,7 @@ raises.
 Conventions: the state x_k is the residual stream at the input of block k,
 for k < L, and x_L is the input of the final norm. An injection at layer k is
 added to x_k before block k runs. When an injection and a recording are both
-active, the recording sees the state after the injection, which is the input
+active, the recording stores the state after the injection, which is the input
 that block k actually receives.
 """
 
@@ -164,7 +164,7 @@ class InjectionHandle(_Hooks):
         self.positions = positions
         for layer, vector in self.vectors.items():
             hook = self._make_hook(vector)
-            # Prepended so that a recording on the same block sees the injected state.
+            # Prepended so that a recording on the same block stores the injected state.
             self._handles.append(
                 model.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
             )

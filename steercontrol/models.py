@@ -60,7 +60,7 @@ _LAYOUTS: dict[str, tuple[str, str, str]] = {
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_LAYOUTS))
-"""Values of ``config.model_type`` whose block layout steercontrol knows."""
+"""Values of ``config.model_type`` for which steercontrol has a block layout."""
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ def load_model(
     Raises
     ------
     ModelLoadError
-        If the files cannot be found or read; the message says how to get them.
+        If the files cannot be found or read. The message explains how to get them.
     UnsupportedModelError
         If the architecture has no known block layout.
 

@@ -12,7 +12,7 @@ from steercontrol.testing import tiny_model
 FAMILIES = ["gpt2", "llama", "gpt_neox", "gemma"]
 
 # The tests run small models, for which thread start-up costs more than it
-# saves; with one thread the suite also stays fast on a busy machine.
+# saves. With one thread the suite also stays fast on a busy machine.
 torch.set_num_threads(1)
 
 
