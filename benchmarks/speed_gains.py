@@ -14,8 +14,9 @@ reuses work done by another. Model loading and the concept directions are
 not timed, and every method runs once on the first context before timing
 starts. The order of the methods rotates from one context to the next.
 
-The script reports the time per context of each method, the speed-up of
-the batched and adjoint methods over the naive one, the maximum absolute
+The script reports the mean and median time per context of each method,
+the speed-up of the batched and adjoint methods over the naive one (the
+ratio of the mean times, and of the median times), the maximum absolute
 difference between batched and naive gains (both finite injections of the
 same size, so they differ only by rounding), and the Spearman correlation
 across layers between adjoint and naive gains per context.
@@ -129,6 +130,8 @@ def time_methods(
         )
 
     mean_seconds = {method: float(np.mean(values)) for method, values in seconds.items()}
+    # Medians resist the slow outliers that other processes on a shared machine cause.
+    median_seconds = {method: float(np.median(values)) for method, values in seconds.items()}
     spearmans = np.asarray([row["spearman_adjoint"] for row in rows])
     return {
         "task": task_name,
@@ -137,6 +140,9 @@ def time_methods(
         "seconds_per_context": mean_seconds,
         "speedup_batched": mean_seconds["naive"] / mean_seconds["batched"],
         "speedup_adjoint": mean_seconds["naive"] / mean_seconds["adjoint"],
+        "seconds_per_context_median": median_seconds,
+        "speedup_batched_median": median_seconds["naive"] / median_seconds["batched"],
+        "speedup_adjoint_median": median_seconds["naive"] / median_seconds["adjoint"],
         "max_abs_diff_batched": max(row["max_abs_diff_batched"] for row in rows),
         "max_abs_gain_naive": max(row["max_abs_gain_naive"] for row in rows),
         # np.min and np.mean propagate nan, so an undefined correlation is visible.
@@ -153,11 +159,16 @@ def _print_summary(results: dict[str, Any], stream: Any) -> None:
         f"eps {results['eps']}",
         file=stream,
     )
-    print(f"  {'method':<10}{'seconds per context':>22}{'speed-up over naive':>22}", file=stream)
+    print(
+        f"  {'method':<10}{'mean s/context':>16}{'speed-up':>10}{'median s/context':>18}{'speed-up':>10}",
+        file=stream,
+    )
     for method in METHODS:
-        seconds = results["seconds_per_context"][method]
-        speedup = results["seconds_per_context"]["naive"] / seconds
-        print(f"  {method:<10}{seconds:>22.4f}{speedup:>22.1f}", file=stream)
+        mean = results["seconds_per_context"][method]
+        median = results["seconds_per_context_median"][method]
+        mean_speedup = results["seconds_per_context"]["naive"] / mean
+        median_speedup = results["seconds_per_context_median"]["naive"] / median
+        print(f"  {method:<10}{mean:>16.4f}{mean_speedup:>10.1f}{median:>18.4f}{median_speedup:>10.1f}", file=stream)
     print(
         f"  max |batched - naive| gain: {results['max_abs_diff_batched']:.3g} "
         f"(max |naive gain| {results['max_abs_gain_naive']:.3g})",
