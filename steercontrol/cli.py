@@ -243,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="file to write")
     export.add_argument(
         "--model-hint",
-        default="llama",
-        help="architecture name stored as controlvector.model_hint, GGUF only (default: llama)",
+        default=None,
+        help="architecture name stored as controlvector.model_hint, GGUF only "
+        "(default: the model type recorded by 'plan', else llama)",
     )
     export.set_defaults(handler=_run_export)
 
@@ -445,7 +446,8 @@ def _run_export(args: argparse.Namespace) -> dict[str, Any]:
 
     schedule, vectors = _load_vectors(args.schedule)
     if args.format == "gguf":
-        path = interop.export_gguf(vectors, args.out, model_hint=args.model_hint)
+        hint = args.model_hint or schedule.metadata.get("model_type") or "llama"
+        path = interop.export_gguf(vectors, args.out, model_hint=hint)
     else:
         path = interop.export_safetensors(vectors, args.out)
     _say(args, f"Wrote the injection vectors of schedule {schedule.name} to {path} ({args.format}).")

@@ -558,6 +558,8 @@ def save_schedule(
         _check_sizes("schedule", schedule.n_layers, hidden_size, model, _PLAN_AGAIN)
         data["metadata"]["model"] = model_name
         data["metadata"]["weight_hash"] = weight_hash
+        # Read back as the default architecture hint of a llama.cpp export.
+        data["metadata"]["model_type"] = model.model_type
 
     fields = {
         _FORMAT_KEY: "schedule",

@@ -204,6 +204,20 @@ def test_export_round_trip(artifacts, tmp_path, file_format, suffix):
     np.testing.assert_allclose(loaded, vectors.astype(np.float32), rtol=0, atol=0)
 
 
+def test_export_hint_follows_planned_model(tmp_path):
+    import gguf
+
+    gpt2 = ["--model", "tiny-gpt2"]
+    surrogate, schedule, out = tmp_path / "s.safetensors", tmp_path / "p.safetensors", tmp_path / "v.gguf"
+    assert cli.main(["identify", *gpt2, "--task", "sentiment", "--order", "8", "--out", str(surrogate), "--quiet"]) == 0
+    planned = ["plan", *gpt2, "--surrogate", str(surrogate), "--target-shift", "1.0", "--layers", "2-3"]
+    assert cli.main([*planned, "--out", str(schedule), "--quiet"]) == 0
+    assert cli.main(["export", "--schedule", str(schedule), "--format", "gguf", "--out", str(out), "--quiet"]) == 0
+    hint = gguf.GGUFReader(out).get_field("controlvector.model_hint")
+    assert hint is not None
+    assert hint.contents() == "gpt2"
+
+
 def test_benchmark_forwards_arguments(capsys):
     argv = ["benchmark", *TINY, "--tasks", "sentiment", "--contexts", "1", "--pooled-contexts", "1"]
     assert cli.main([*argv, "--iterations", "0", "--order", "4", "--no-progress", "--json"]) == 0
