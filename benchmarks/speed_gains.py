@@ -14,12 +14,13 @@ reuses work done by another. Model loading and the concept directions are
 not timed, and every method runs once on the first context before timing
 starts. The order of the methods rotates from one context to the next.
 
-The script reports the mean and median time per context of each method,
-the speed-up of the batched and adjoint methods over the naive one (the
-ratio of the mean times, and of the median times), the maximum absolute
-difference between batched and naive gains (both finite injections of the
-same size, so they differ only by rounding), and the Spearman correlation
-across layers between adjoint and naive gains per context.
+The script reports the mean and median time per context of each method
+and the speed-ups of the batched and adjoint methods over the naive one,
+as ratios of the mean times and of the median times. It also reports the
+maximum absolute difference between batched and naive gains, which are
+finite injections of the same size and so differ only by rounding, and the
+Spearman correlation across layers between adjoint and naive gains per
+context.
 
 Run ``python benchmarks/speed_gains.py --help`` for the options.
 With ``--json`` the last line of standard output is one JSON object.

@@ -62,7 +62,8 @@ def test_speed_gains_json_report(speed_run):
         assert math.isfinite(results[key]), (key, results[key])
     assert set(results["seconds_per_context"]) == {"naive", "batched", "adjoint"}
     for method, seconds in results["seconds_per_context"].items():
-        assert math.isfinite(seconds) and seconds > 0, (method, seconds)
+        assert math.isfinite(seconds), (method, seconds)
+        assert seconds > 0, (method, seconds)
     assert results["speedup_batched"] > 0
     assert results["speedup_adjoint"] > 0
     assert results["contexts"] == 2
@@ -106,7 +107,8 @@ def test_agreement_json_report(agreement, capsys):
     results = last_json_line(capsys)
 
     for key in ("identify_seconds_per_context", "forward_seconds_per_context"):
-        assert math.isfinite(results[key]) and results[key] > 0, (key, results[key])
+        assert math.isfinite(results[key]), (key, results[key])
+        assert results[key] > 0, (key, results[key])
     assert list(results["tasks"]) == ["sentiment"]
     task = results["tasks"]["sentiment"]
     for name in ("llv", "lti", "linear"):
