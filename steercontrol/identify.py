@@ -155,12 +155,22 @@ def _reduce(
         if basis == "random":
             noise = torch.randn(hidden, order, generator=generator, dtype=torch.float64)
             return orthonormalize(torch.cat([v, noise], dim=1), order)
-        # Krylov: v_k, A_k v_k, A_k^2 v_k, ... one product at a time.
-        columns = [v[:, 0]]
-        limit = min(layer, n_layers - 1)
-        while len(columns) < order + 2:
-            columns.append(linearization.apply(limit, columns[-1][None].float())[0].double())
-        return orthonormalize(torch.stack(columns, dim=1), order)
+        # Krylov span of v_k under A_k, built by Arnoldi: each product is taken
+        # of the newest orthonormal column, because raw powers A^j v become
+        # nearly dependent and would be dropped before the basis is full.
+        jacobian_layer = min(layer, n_layers - 1)
+        current = orthonormalize(v, 1)
+        attempts = 0
+        while current.shape[1] < order and attempts < 2 * order:
+            attempts += 1
+            image = linearization.apply(jacobian_layer, current[:, -1][None].float())[0].double()
+            grown = orthonormalize(torch.cat([current, image[:, None]], dim=1), order)
+            if grown.shape[1] == current.shape[1]:
+                # The Krylov space is invariant; complete it with a seeded random direction.
+                noise = torch.randn(hidden, 1, generator=generator, dtype=torch.float64)
+                grown = orthonormalize(torch.cat([current, noise], dim=1), order)
+            current = grown
+        return current
 
     bases: list[torch.Tensor] = []
     A: list[np.ndarray] = []

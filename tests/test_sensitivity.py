@@ -186,3 +186,12 @@ def test_orthonormalize_drops_dependent_columns():
     columns = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     basis = orthonormalize(columns, 3)
     assert basis.shape == (3, 2)
+
+
+def test_krylov_basis_reaches_full_order(tiny_llama):
+    directions, readout = _random_setup(tiny_llama)
+    ids = tiny_llama.tokenize("krylov order")["input_ids"][0]
+    identified = identify(tiny_llama, ids, directions, readout, order=24, basis="krylov")
+    assert all(b.shape[1] == 24 for b in identified.bases)
+    first = identified.bases[1]
+    assert np.isclose(abs(first[:, 0] @ directions[1]), 1.0, atol=1e-8)
