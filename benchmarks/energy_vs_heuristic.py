@@ -6,13 +6,13 @@ For each task, on held-out contexts of a real model:
    (projection of the final-normed state on the final concept direction);
 2. per context, a layer-varying surrogate (and its time-invariant fit) and
    the measured gain profile, with their Spearman and Pearson agreement;
-3. schedules planned for the target shift: minimum energy on the context's
-   surrogate, the same refined by successive linearisation around the
-   steered trajectory (``min_energy_iterated``, our addition), minimum
-   energy on a surrogate pooled over the operating split,
-   and the heuristics (uniform over all layers, last layer, middle layer,
-   early layer, a random single layer, the best single layer by measured
-   gain);
+3. schedules planned for the target shift. These are minimum energy on the
+   context's surrogate and the same refined by successive linearisation
+   around the steered trajectory (``min_energy_iterated``, our addition).
+   Next come minimum energy on a surrogate pooled over the operating split,
+   and the heuristics: uniform over all layers, last layer, middle layer,
+   early layer, a random single layer, and the best single layer by
+   measured gain;
 4. each schedule scaled on the full model by bisection until the readout
    moves by the target; energy relative to the minimum-energy schedule,
    next-token KL divergence, and failures.
@@ -393,8 +393,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    args.contexts = args.contexts if args.contexts is not None else (4 if args.quick else 16)
-    args.pooled_contexts = args.pooled_contexts if args.pooled_contexts is not None else (4 if args.quick else 16)
+    default_count = 4 if args.quick else 16
+    if args.contexts is None:
+        args.contexts = default_count
+    if args.pooled_contexts is None:
+        args.pooled_contexts = default_count
     if args.iterations < 0:
         parser.error(f"--iterations must be >= 0, got {args.iterations}")
     for name in ("contexts", "pooled_contexts", "order"):

@@ -36,7 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Positions = Literal["last", "all"] | int
-"""Where an injection goes or a recording reads, in each forward call.
+"""Token selection of an injection or a recording, in each forward call.
 
 - ``"last"``: the last non-padding token of each row of the call's input.
   In a cached generation step (one new token) this is the new token.
