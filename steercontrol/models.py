@@ -414,7 +414,9 @@ def _write_cache(model: Any, tokenizer: Any, folder: Path, source: Path) -> None
     partial.rename(folder)
 
 
-def _load_embedded(name: str, dtype: torch.dtype, device: str | torch.device) -> tuple[Any, Any]:
+def _load_embedded(
+    name: str, dtype: torch.dtype, device: str | torch.device, device_map: Any = None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = EMBEDDED_MODELS[name]
@@ -446,9 +448,13 @@ def _load_embedded(name: str, dtype: torch.dtype, device: str | torch.device) ->
                     "Could not write the model cache to %s (%s); the next load will dequantise again.", folder, error
                 )
         logger.info("Loaded %s from GGUF in %.1f s.", name, time.perf_counter() - started)
-        return model.to(device=device, dtype=dtype), tokenizer
+        if device_map is None or not _cache_is_valid(folder):
+            return model.to(device=device, dtype=dtype), tokenizer
+        del model  # placed below from the new cache, like any later load
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if device_map is not None:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map), tokenizer
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     return model.to(device), tokenizer
 
@@ -458,6 +464,7 @@ def load_model(
     *,
     dtype: DTypeName | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    device_map: str | dict[str, Any] | None = None,
     tokenizer: Any = None,
 ) -> SteerableModel:
     """Load a causal language model ready for steering.
@@ -472,7 +479,13 @@ def load_model(
         Parameter type. float32 is the default because finite-difference
         gains and Jacobian products lose most of their digits in 16 bits.
     device : str or torch.device
-        Where the model runs.
+        Where the model runs. Ignored when ``device_map`` is given.
+    device_map : str or dict, optional
+        Spread the blocks over several devices with accelerate, for models
+        too large for one GPU: ``"auto"`` fills the GPUs in order, then the
+        CPU. Passed to ``from_pretrained``; not for an already loaded model.
+        Inputs go to the device of the first parameter, and hooks follow each
+        block's device.
     tokenizer : transformers.PreTrainedTokenizerBase, optional
         The tokenizer, when ``name_or_path`` is a loaded model.
 
@@ -502,18 +515,24 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
 
     if isinstance(name_or_path, nn.Module):
+        if device_map is not None:
+            raise ConfigurationError(
+                "device_map applies while loading weights, but an already loaded model was given; "
+                "pass its hub id or directory instead, or place it yourself and leave device_map unset."
+            )
         model = name_or_path.to(device=device, dtype=torch_dtype)
         return wrap_model(model, tokenizer)
 
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
-        model, loaded_tokenizer = _load_embedded(name, torch_dtype, device)
+        model, loaded_tokenizer = _load_embedded(name, torch_dtype, device, device_map)
         return wrap_model(model, tokenizer or loaded_tokenizer, name=name)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement: dict[str, Any] = {} if device_map is None else {"device_map": device_map}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)
         loaded_tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
         where = (
@@ -526,7 +545,9 @@ def load_model(
             f"Could not load model {name!r}: it is {where}, and loading failed ({reason}). Pass a local "
             f"directory, a hub id on a machine with hub access, or an embedded name ({', '.join(EMBEDDED_MODELS)})."
         ) from error
-    return wrap_model(model.to(device), loaded_tokenizer, name=name)
+    if device_map is None:
+        model = model.to(device)
+    return wrap_model(model, loaded_tokenizer, name=name)
 
 
 def _resolve_dtype(dtype: DTypeName | torch.dtype) -> torch.dtype:

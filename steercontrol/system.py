@@ -306,6 +306,31 @@ class LayerVaryingSurrogate:
             state = self.A[k] @ state + self.B[k] @ inputs[k]
         return self.C @ state
 
+    def truncated(self, order: int) -> LayerVaryingSurrogate:
+        """Return the surrogate on the leading ``order`` coordinates of every state.
+
+        For nested bases, whose first ``d`` columns are the basis of order
+        ``d`` (the Krylov basis, built by Arnoldi, and in practice the reachable
+        one), this is the surrogate that identification at order ``d`` would
+        give, at no cost. It is not for random bases, which are not nested.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``order`` is not a positive integer.
+        """
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+            raise ConfigurationError(f"order must be a positive integer, got {order!r}.")
+        input_directions = None if self.input_directions is None else list(self.input_directions)
+        return replace(
+            self,
+            A=[a[:order, :order].copy() for a in self.A],
+            B=[b[:order].copy() for b in self.B],
+            C=self.C[:, :order].copy(),
+            input_directions=input_directions,
+            metadata={**self.metadata, "order": int(min(order, max(self.state_dims)))},
+        )
+
     def restrict_inputs(self, layers: Iterable[int]) -> LayerVaryingSurrogate:
         """Return a copy whose input matrices are zero outside ``layers``.
 

@@ -133,3 +133,19 @@ def test_embedded_gemma_prefix_path_beyond_sliding_window(embedded_gemma):
         full = embedded_gemma.model(input_ids=ids[None]).logits[0, -1]
         last = FrozenContext(embedded_gemma, ids).run_last(2).logits[:, -1]
     assert torch.allclose(last, full.expand(2, -1), atol=1e-3 * full.abs().max().item())
+
+
+def test_device_map_loads_a_local_model_with_accelerate(tmp_path):
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(tmp_path / "tiny")
+    tiny.tokenizer.save_pretrained(tmp_path / "tiny")
+    placed = load_model(tmp_path / "tiny", device_map="auto")
+    assert {param.device.type for param in placed.model.parameters()} == {"cpu"}
+    batch = placed.tokenize("device map")
+    with torch.no_grad():
+        assert torch.allclose(placed.model(**batch).logits, tiny.model(**batch).logits, atol=1e-5)
+
+
+def test_device_map_rejected_for_a_loaded_model():
+    with pytest.raises(ConfigurationError, match="device_map"):
+        load_model(tiny_model("gpt2").model, device_map="auto")

@@ -197,3 +197,32 @@ def test_krylov_basis_reaches_full_order(tiny_llama):
     assert all(b.shape[1] == 24 for b in identified.bases)
     first = identified.bases[1]
     assert np.isclose(abs(first[:, 0] @ directions[1]), 1.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("basis", ["krylov", "reachable"])
+def test_truncated_surrogate_equals_lower_order_identification(tiny_llama, basis):
+    directions, readout = _random_setup(tiny_llama)
+    context = FrozenContext(tiny_llama, tiny_llama.tokenize("nested bases")["input_ids"][0])
+    full = identify(tiny_llama, context, directions, readout, order=12, basis=basis).surrogate
+    for order in (1, 2, 4, 8):
+        lower = identify(tiny_llama, context, directions, readout, order=order, basis=basis).surrogate
+        truncated = full.truncated(order)
+        assert truncated.state_dims == lower.state_dims
+        assert np.allclose(truncated.gain_profile(), lower.gain_profile(), atol=1e-6)
+
+
+def test_truncating_a_random_basis_differs_from_identification(tiny_llama):
+    # Random bases are not nested; this is why truncation is documented for Krylov and reachable only.
+    directions, readout = _random_setup(tiny_llama)
+    context = FrozenContext(tiny_llama, tiny_llama.tokenize("nested bases")["input_ids"][0])
+    full = identify(tiny_llama, context, directions, readout, order=12, basis="random").surrogate
+    lower = identify(tiny_llama, context, directions, readout, order=4, basis="random").surrogate
+    assert not np.allclose(full.truncated(4).gain_profile(), lower.gain_profile(), atol=1e-6)
+
+
+@pytest.mark.parametrize("order", [0, -1, 2.5, True])
+def test_truncated_rejects_bad_order(tiny_llama, order):
+    directions, readout = _random_setup(tiny_llama)
+    surrogate = identify(tiny_llama, torch.tensor([1, 2, 3]), directions, readout, order=4).surrogate
+    with pytest.raises(ConfigurationError, match="order must be a positive integer"):
+        surrogate.truncated(order)
