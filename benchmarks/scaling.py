@@ -1,0 +1,576 @@
+"""Scaling study: surrogate agreement against model size.
+
+The method's headline claim is that at a fixed surrogate order d, agreement
+between predicted and measured layer gains grows with model size (published
+for GPT-2: mean Spearman about 0.77, 0.81 and 0.995 for gpt2, gpt2-medium and
+gpt2-large at d = 32; not measured here). This script tests the claim on any
+list of models. For each model and task, on held-out contexts, it reports:
+
+- the mean Spearman and Pearson correlation across layers between the gains
+  of the layer-varying surrogate (order d) and the gains measured on the full
+  model by batched finite injections, for each basis (Krylov, the published
+  recipe, first; reachable, ours, second);
+- the same for the time-invariant fit of the first basis;
+- an order sweep, from the leading block of the largest-order surrogate
+  (both bases are nested, see ``LayerVaryingSurrogate.truncated``);
+- the parameter count, peak memory and wall time of each model.
+
+Models that cannot be loaded are skipped with the reason. The default list is
+the GPT-2 family; when none of it loads (no hub access and no local copy), the
+embedded models are used instead, and the report says so.
+
+Data-parallel: under ``torchrun --nproc-per-node N`` or ``accelerate launch
+--num_processes N`` each process holds its own copy of the model, takes every
+N-th (task, context) item, and the results are gathered in item order, so the
+files are the same as from one process up to floating-point summation order.
+
+Run ``python benchmarks/scaling.py --help`` for the options. With ``--json``
+the last line of standard output is one JSON object with at least ``models``
+(name -> ``{"params": int, "spearman_mean": float}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from tqdm import tqdm
+
+from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, projection_readout
+from steercontrol.distributed import Workers, start_workers, stop_workers
+from steercontrol.exceptions import ModelLoadError, SteerControlError
+from steercontrol.identify import BasisKind, identify, time_invariant
+from steercontrol.models import EMBEDDED_MODELS, SteerableModel, load_model
+from steercontrol.prefix import FrozenContext
+from steercontrol.sensitivity import measure_gains
+from steercontrol.testing import TINY_FAMILIES, tiny_model
+
+logger = logging.getLogger("scaling")
+
+GPT2_FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+PUBLISHED_GPT2 = {"gpt2": 0.77, "gpt2-medium": 0.81, "gpt2-large": 0.995}
+"""Mean Spearman at d = 32 as published for the method; not measured here."""
+ORDERS = (1, 2, 4, 8, 16, 32)
+QUICK_ORDERS = (4, 16, 32)
+BASES: tuple[BasisKind, ...] = ("krylov", "reachable")
+QUICK_TASKS = ("sentiment", "toxicity")
+_TINY_NAME = re.compile(r"tiny-(?P<family>[a-z0-9_]+?)(?:-(?P<layers>\d+)x(?P<hidden>\d+))?$")
+
+
+# Loading
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_named_model(name: str, *, device: torch.device, device_map: str | None) -> SteerableModel:
+    """Load an embedded name, directory or hub id, or build ``tiny-<family>[-<layers>x<hidden>]``."""
+    match = _TINY_NAME.match(name)
+    if match and match["family"] in TINY_FAMILIES:
+        layers = int(match["layers"] or 4)
+        hidden = int(match["hidden"] or 32)
+        built = tiny_model(match["family"], n_layers=layers, hidden_size=hidden)  # type: ignore[arg-type]
+        built.name = name
+        return built
+    return load_model(name, device=device, device_map=device_map)
+
+
+def _count_parameters(model: SteerableModel) -> int:
+    return int(sum(param.numel() for param in model.model.parameters()))
+
+
+class PeakMemory:
+    """Peak memory of one model's run: GPU allocations, or this process's resident set on Linux."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "unavailable"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda max allocated"
+            return
+        try:
+            # Writing 5 resets the kernel's high-water mark of the resident set (VmHWM).
+            Path("/proc/self/clear_refs").write_text("5")
+            self.kind = "process peak resident set"
+        except OSError:
+            self.kind = "process peak resident set since start"
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except ImportError:
+            return math.nan
+
+
+# Measurement
+
+
+def _correlations(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    # A constant profile has no ranking, so both correlations are undefined.
+    if np.ptp(predicted) == 0 or np.ptp(measured) == 0:
+        return math.nan, math.nan
+    return float(spearmanr(predicted, measured)[0]), float(pearsonr(predicted, measured)[0])
+
+
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate_context(
+    model: SteerableModel,
+    ids: torch.Tensor,
+    directions: np.ndarray,
+    readout: Any,
+    *,
+    order: int,
+    orders: tuple[int, ...],
+    bases: tuple[BasisKind, ...],
+    eps: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Correlations of one context for every basis, its time-invariant fit and the order sweep."""
+    context = FrozenContext(model, ids)
+    measured = measure_gains(model, ids, directions, readout, method="batched", eps=eps, context=context).gains
+    largest = max(order, *orders)
+    row: dict[str, Any] = {"tokens": int(ids.numel()), "bases": {}}
+    for position, basis in enumerate(bases):
+        identified = identify(model, context, directions, readout, order=largest, basis=basis, seed=seed)
+        main = identified.surrogate.truncated(order)
+        entry = {
+            "llv": _correlations(main.gain_profile(), measured),
+            "sweep": {d: _correlations(identified.surrogate.truncated(d).gain_profile(), measured)[0] for d in orders},
+        }
+        if position == 0:
+            fit_source = (
+                identified
+                if largest == order
+                else identify(model, context, directions, readout, order=order, basis=basis, seed=seed)
+            )
+            entry["lti"] = _correlations(time_invariant(fit_source).gain_profile(), measured)
+        row["bases"][basis] = entry
+    return row
+
+
+def _summarise_task(rows: list[dict[str, Any]], bases: tuple[BasisKind, ...], orders: tuple[int, ...]) -> dict:
+    summary: dict[str, Any] = {"contexts": len(rows), "tokens_mean": _mean([row["tokens"] for row in rows])}
+    for position, basis in enumerate(bases):
+        entries = [row["bases"][basis] for row in rows]
+        summary[basis] = {
+            "llv": {
+                "spearman": _mean([entry["llv"][0] for entry in entries]),
+                "pearson": _mean([entry["llv"][1] for entry in entries]),
+            },
+            "sweep": {str(d): _mean([entry["sweep"][d] for entry in entries]) for d in orders},
+        }
+        if position == 0:
+            summary[basis]["lti"] = {
+                "spearman": _mean([entry["lti"][0] for entry in entries]),
+                "pearson": _mean([entry["lti"][1] for entry in entries]),
+            }
+    return summary
+
+
+def run_model(model: SteerableModel, args: argparse.Namespace, workers: Workers) -> dict[str, Any]:
+    """Measure one model on every task; every process returns the same gathered summary."""
+    readouts: dict[str, tuple[np.ndarray, Any]] = {}
+    items: list[tuple[str, torch.Tensor]] = []
+    for task_name in args.tasks:
+        task = load_task(task_name)
+        directions = concept_directions(model, task, evaluate_split=None)
+        readouts[task_name] = (directions.directions, projection_readout(directions))
+        texts, _ = task.split("heldout")
+        rng = np.random.default_rng(args.seed)
+        chosen = rng.choice(len(texts), size=min(args.contexts, len(texts)), replace=False)
+        items.extend((task_name, model.tokenize(texts[index])["input_ids"][0].cpu()) for index in chosen)
+
+    mine = workers.shard(items)
+    results = []
+    bar = tqdm(mine, desc=model.name, disable=args.no_progress or not workers.is_main, leave=False, file=sys.stderr)
+    for index, (task_name, ids) in bar:
+        directions, readout = readouts[task_name]
+        row = evaluate_context(
+            model,
+            ids.to(model.device),
+            directions,
+            readout,
+            order=args.order,
+            orders=args.orders,
+            bases=args.bases,
+            eps=args.eps,
+            seed=args.seed,
+        )
+        results.append((index, {"task": task_name, **row}))
+    rows = workers.gather(results)
+
+    tasks = {
+        task_name: _summarise_task([row for row in rows if row["task"] == task_name], args.bases, args.orders)
+        for task_name in args.tasks
+    }
+    first = args.bases[0]
+    return {
+        "tasks": tasks,
+        "spearman_mean": _mean([summary[first]["llv"]["spearman"] for summary in tasks.values()]),
+        "pearson_mean": _mean([summary[first]["llv"]["pearson"] for summary in tasks.values()]),
+    }
+
+
+# Model list
+
+
+def choose_models(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str | None]:
+    """Return the models to try, the ones skipped before loading (name -> reason), and a note."""
+    if args.models is not None:
+        return list(args.models), {}, None
+    candidates, skipped = [], {}
+    for name in GPT2_FAMILY:
+        if _hub_offline() and not _hub_cached(name):
+            skipped[name] = "HF_HUB_OFFLINE is set and the weights are not in the local hub cache"
+        else:
+            candidates.append(name)
+    return candidates, skipped, "default GPT-2 family"
+
+
+def _hub_unreachable(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("connect", "offline", "resolve", "network", "name or service"))
+
+
+# Outputs
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _csv_text(results: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    orders = results["orders"]
+    writer.writerow(
+        ["model", "params", "task", "basis", "order", "llv_spearman", "llv_pearson", "lti_spearman", "lti_pearson"]
+        + [f"sweep_d{d}" for d in orders]
+    )
+    for name, entry in results["models"].items():
+        for task_name, summary in entry["tasks"].items():
+            for basis in results["bases"]:
+                part = summary[basis]
+                lti = part.get("lti", {"spearman": "", "pearson": ""})
+                writer.writerow(
+                    [
+                        name,
+                        entry["params"],
+                        task_name,
+                        basis,
+                        results["order"],
+                        part["llv"]["spearman"],
+                        part["llv"]["pearson"],
+                        lti["spearman"],
+                        lti["pearson"],
+                    ]
+                    + [part["sweep"][str(d)] for d in orders]
+                )
+    return buffer.getvalue()
+
+
+def plot_agreement_vs_size(results: dict[str, Any], path: Path) -> None:
+    """Mean Spearman of the first basis against parameter count, one line per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(results["models"].items(), key=lambda item: item[1]["params"])
+    basis = results["bases"][0]
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for task_name in results["tasks"]:
+        params = [entry["params"] for _, entry in models]
+        values = [entry["tasks"][task_name][basis]["llv"]["spearman"] for _, entry in models]
+        axes.plot(params, values, marker="o", label=task_name)
+    for name, entry in models:
+        axes.annotate(
+            name, (entry["params"], entry["spearman_mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8
+        )
+    published = [(name, value) for name, value in PUBLISHED_GPT2.items()]
+    if any(name in results["models"] for name, _ in published):
+        xs = [results["models"][name]["params"] for name, _ in published if name in results["models"]]
+        ys = [value for name, value in published if name in results["models"]]
+        axes.plot(xs, ys, linestyle="--", color="gray", marker="x", label="published GPT-2 (not measured here)")
+    axes.set_xscale("log")
+    axes.set_xlabel("parameters (log scale)")
+    axes.set_ylabel(f"mean Spearman, predicted vs measured gains\n({basis} basis, d = {results['order']})")
+    axes.set_title("Surrogate agreement against model size")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    _atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    plt.close(figure)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "scaling.json", lambda p: p.write_text(json.dumps(results, indent=2, default=float)))
+    _atomic_write(out / "scaling.csv", lambda p: p.write_text(_csv_text(results)))
+    if results["models"]:
+        plot_agreement_vs_size(results, out / "scaling.png")
+
+
+def growth_verdict(results: dict[str, Any]) -> str:
+    """One sentence: does mean agreement grow with parameter count on the models measured?"""
+    models = sorted(results["models"].items(), key=lambda item: item[1]["params"])
+    if len(models) < 2:
+        return "Fewer than two models were measured, so growth with size cannot be judged."
+    values = [entry["spearman_mean"] for _, entry in models]
+    chain = " -> ".join(f"{name} {entry['spearman_mean']:.3f}" for name, entry in models)
+    if all(later > earlier for earlier, later in zip(values[:-1], values[1:], strict=True)):
+        return f"Agreement grows with size on the models measured: {chain}."
+    return f"Agreement does not grow with size on the models measured: {chain}."
+
+
+def _print_summary(results: dict[str, Any], stream: Any) -> None:
+    basis = results["bases"][0]
+    print(
+        f"\nMean over held-out contexts; d = {results['order']}; measured gains: batched, eps {results['eps']}",
+        file=stream,
+    )
+    for name, entry in sorted(results["models"].items(), key=lambda item: item[1]["params"]):
+        print(
+            f"\n{name}: {entry['params'] / 1e6:.1f}M parameters, {entry['n_layers']} layers, hidden "
+            f"{entry['hidden_size']}; {entry['seconds']:.1f} s; peak memory {entry['peak_memory_mb']:.0f} MB "
+            f"({entry['memory_kind']})",
+            file=stream,
+        )
+        for task_name, summary in entry["tasks"].items():
+            parts = []
+            for name_basis in results["bases"]:
+                llv = summary[name_basis]["llv"]
+                parts.append(f"{name_basis} S {llv['spearman']:.3f} P {llv['pearson']:.3f}")
+            lti = summary[basis]["lti"]
+            sweep = " ".join(f"{d}:{value:.2f}" for d, value in summary[basis]["sweep"].items())
+            print(
+                f"  {task_name:<12} {'; '.join(parts)}; time-invariant S {lti['spearman']:.3f} "
+                f"P {lti['pearson']:.3f}; sweep ({basis}) {sweep}",
+                file=stream,
+            )
+    for name, reason in results["skipped"].items():
+        print(f"skipped {name}: {reason}", file=stream)
+    if results["note"]:
+        print(results["note"], file=stream)
+    print(growth_verdict(results), file=stream)
+
+
+# Command line
+
+
+def _parse_list(text: str, kind: type, option: str, parser: argparse.ArgumentParser) -> tuple[Any, ...]:
+    try:
+        values = tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+    except ValueError:
+        parser.error(f"{option} must be a comma-separated list of {kind.__name__} values, got {text!r}")
+    if not values:
+        parser.error(f"{option} is empty; pass at least one value")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Surrogate agreement against model size, over a list of models.")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models: embedded names, directories or hub ids "
+        f"(default: {','.join(GPT2_FAMILY)}, falling back to the embedded {','.join(EMBEDDED_MODELS)})",
+    )
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help=f"comma-separated built-in tasks (default: all; {','.join(QUICK_TASKS)} with --quick)",
+    )
+    parser.add_argument(
+        "--contexts", type=int, default=None, help="held-out contexts per task (default: 8, or 2 with --quick)"
+    )
+    parser.add_argument("--order", type=int, default=32, help="surrogate order d of the comparison (default: 32)")
+    parser.add_argument(
+        "--orders",
+        default=None,
+        help=f"comma-separated orders of the sweep (default: {','.join(map(str, ORDERS))}, "
+        f"or {','.join(map(str, QUICK_ORDERS))} with --quick)",
+    )
+    parser.add_argument(
+        "--bases",
+        default=",".join(BASES),
+        help="comma-separated bases; the first is the headline and gets the time-invariant fit "
+        f"(default: {','.join(BASES)}; krylov is the published recipe)",
+    )
+    parser.add_argument(
+        "--eps", type=float, default=0.1, help="injection size of the measured gains, model units (default: 0.1)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the context sampling (default: 0)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="spread each model over devices with accelerate, for example 'auto' (default: one device per process)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/scaling"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="2 tasks, 2 contexts, 3 orders: under 3 minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+
+    if args.models is not None:
+        args.models = _parse_list(args.models, str, "--models", parser)
+    args.tasks = (
+        _parse_list(args.tasks, str, "--tasks", parser)
+        if args.tasks
+        else (QUICK_TASKS if args.quick else BUILTIN_TASKS)
+    )
+    unknown = [task for task in args.tasks if task not in BUILTIN_TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; choose from {', '.join(BUILTIN_TASKS)}")
+    if args.contexts is None:
+        args.contexts = 2 if args.quick else 8
+    if args.contexts < 1:
+        parser.error(f"--contexts must be >= 1, got {args.contexts}")
+    args.orders = (
+        _parse_list(args.orders, int, "--orders", parser) if args.orders else (QUICK_ORDERS if args.quick else ORDERS)
+    )
+    bad = [d for d in (args.order, *args.orders) if d < 1]
+    if bad:
+        parser.error(f"orders must be >= 1, got {bad}")
+    args.bases = _parse_list(args.bases, str, "--bases", parser)
+    unknown = [basis for basis in args.bases if basis not in BASES]
+    if unknown:
+        parser.error(f"unknown or non-nested basis {unknown}; choose from {', '.join(BASES)}")
+    if not math.isfinite(args.eps) or args.eps <= 0:
+        parser.error(f"--eps must be finite and > 0, got {args.eps}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the study; return the results dictionary (the same on every process)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        workers = start_workers()
+    except SteerControlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    started = time.perf_counter()
+    names, skipped, note = choose_models(args)
+    results: dict[str, Any] = {
+        "order": args.order,
+        "orders": list(args.orders),
+        "bases": list(args.bases),
+        "tasks": list(args.tasks),
+        "contexts": args.contexts,
+        "eps": args.eps,
+        "seed": args.seed,
+        "quick": args.quick,
+        "processes": workers.world_size,
+        "models": {},
+        "skipped": skipped,
+        "note": None,
+        "published_gpt2_not_measured_here": PUBLISHED_GPT2,
+    }
+    hub_down = False
+
+    def measure(name: str) -> None:
+        nonlocal hub_down
+        if hub_down and not Path(name).exists() and name not in EMBEDDED_MODELS and not _hub_cached(name):
+            skipped[name] = "the hub was unreachable for an earlier model and the weights are not cached"
+            return
+        memory = PeakMemory(workers.device)
+        memory.reset()
+        model_started = time.perf_counter()
+        try:
+            model = load_named_model(name, device=workers.device, device_map=args.device_map)
+        except ModelLoadError as error:
+            hub_down = hub_down or _hub_unreachable(error)
+            skipped[name] = str(error).splitlines()[0]
+            return
+        too_large = [d for d in (args.order, *args.orders) if d > model.hidden_size]
+        if too_large:
+            skipped[name] = f"orders {too_large} exceed its hidden size {model.hidden_size}"
+            return
+        measured = run_model(model, args, workers)
+        results["models"][name] = {
+            "params": _count_parameters(model),
+            "n_layers": model.n_layers,
+            "hidden_size": model.hidden_size,
+            **measured,
+            "seconds": time.perf_counter() - model_started,
+            "peak_memory_mb": memory.read_mb(),
+            "memory_kind": memory.kind,
+        }
+        del model
+        gc.collect()
+
+    for name in names:
+        measure(name)
+    if note and not results["models"]:
+        results["note"] = (
+            f"None of the {note} could be loaded here, so the embedded models were measured instead: "
+            f"{', '.join(EMBEDDED_MODELS)}."
+        )
+        for name in EMBEDDED_MODELS:
+            measure(name)
+    results["seconds"] = time.perf_counter() - started
+    results["verdict"] = growth_verdict(results)
+
+    if workers.is_main:
+        write_outputs(results, args.out)
+        _print_summary(results, sys.stdout)
+        print(f"Total time: {results['seconds']:.1f} s; files in {args.out}")
+        if args.json:
+            print(json.dumps(results, default=float))
+    workers.barrier()
+    stop_workers()
+    if not results["models"]:
+        if workers.is_main:
+            print("error: no model could be measured; see the skipped models above", file=sys.stderr)
+        raise SystemExit(1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
