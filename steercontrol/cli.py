@@ -6,9 +6,19 @@ and ``generate`` applies a schedule during greedy generation. ``export``
 writes a schedule's injection vectors for other tools, and ``benchmark``
 runs ``benchmarks/energy_vs_heuristic.py`` from a source checkout.
 
-Exit codes: 0 on success, 2 on invalid usage (reported by argparse), and 1
-when the command fails, with a one-line ``error: ...`` message on standard
-error. With ``--json`` the last line of standard output is one JSON object.
+``gains``, ``identify`` and ``plan`` take ``--report DIR`` to also write a
+Markdown report with PNG figures (see :mod:`steercontrol.report`).
+
+Exit codes: 0 on success. 2 when an argument is invalid, with a
+``steercontrol COMMAND: error: ...`` line on standard error. argparse prints
+the usage line before it for a malformed command line. Checks that run before
+the main work print only that line, for values such as an unknown task, an
+empty prompt, a zero target shift, ``--layers`` outside the surrogate or
+``--order`` above the hidden size. 1 when the run fails, with a one-line
+``error: ...`` message. Such failures are an input file that is missing,
+corrupt or made on another model, a model that fails to load, a plan that no
+schedule satisfies, or an output that cannot be written. With ``--json`` the
+last line of standard output is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from steercontrol.exceptions import ConfigurationError, DataError, SteerControlError
+from steercontrol.exceptions import DataError, SteerControlError
 
 __all__ = ["main", "build_parser", "TEST_MODELS"]
 
@@ -46,6 +56,12 @@ SCHEDULE_NAMES: tuple[str, ...] = (
     "early_layer",
     "best_single_layer",
 )
+
+# Injection size of the gains that 'identify --report' measures, in residual-stream units (the 'gains' default).
+_REPORT_EPS = 0.1
+
+# File types that steercontrol.concepts.load_task_file reads.
+_TASK_FILE_SUFFIXES = (".csv", ".jsonl", ".json")
 
 _BENCHMARK_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "energy_vs_heuristic.py"
 
@@ -109,6 +125,17 @@ def parse_layers(text: str) -> tuple[int, ...]:
 # Parser
 
 
+def _add_report_option(command: argparse.ArgumentParser, contents: str) -> None:
+    command.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"also write DIR/report.md with PNG figures: the settings and {contents}. DIR is created if "
+        "missing, but its parent folder must exist (default: no report)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every command."""
     output_options = argparse.ArgumentParser(add_help=False)
@@ -163,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="injection size for the finite methods, in residual-stream units, ignored by adjoint (default: 0.1)",
     )
+    _add_report_option(gains, "the measured gain profile per layer")
     gains.set_defaults(handler=_run_gains)
 
     identify = commands.add_parser(
@@ -179,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="surrogate state dimension d, at most the hidden size (default: 32)",
     )
     identify.add_argument("--out", type=Path, required=True, help="surrogate file to write (.safetensors)")
+    _add_report_option(
+        identify,
+        "the predicted gains against gains measured on the full model (batched finite injections, "
+        f"eps {_REPORT_EPS} residual-stream units), with their Spearman and Pearson agreement",
+    )
     identify.set_defaults(handler=_run_identify)
 
     plan = commands.add_parser(
@@ -210,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on each layer's input norm, in residual-stream units (min_energy only; default: no cap)",
     )
     plan.add_argument("--out", type=Path, required=True, help="schedule file to write (.safetensors)")
+    _add_report_option(
+        plan,
+        "the input per layer, its energy, and the energy of the uniform_all, last_layer and "
+        "best_single_layer schedules on the same surrogate and target",
+    )
     plan.set_defaults(handler=_run_plan)
 
     generate = commands.add_parser(
@@ -261,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Shared steps
 
 
+class _UsageError(Exception):
+    """An invalid argument value found after parsing. main() reports it in one line and returns 2, like argparse."""
+
+
 def _load_model(name: str) -> Any:
     if name in TEST_MODELS:
         from steercontrol.testing import tiny_model
@@ -271,20 +313,47 @@ def _load_model(name: str) -> Any:
     return load_model(name)
 
 
+def _check_task(spec: str) -> None:
+    from steercontrol.concepts import BUILTIN_TASKS
+
+    # Only the name is checked here. A task file is read later, and a missing or unreadable one exits 1.
+    if spec in BUILTIN_TASKS or Path(spec).suffix in _TASK_FILE_SUFFIXES:
+        return
+    raise _UsageError(
+        f"unknown --task {spec!r}. Pass a built-in task ({', '.join(BUILTIN_TASKS)}) "
+        "or a .csv or .jsonl file with text and label columns."
+    )
+
+
 def _load_task(spec: str) -> Any:
     from steercontrol.concepts import BUILTIN_TASKS, load_task, load_task_file
 
-    if spec in BUILTIN_TASKS or not Path(spec).suffix:
+    if spec in BUILTIN_TASKS:
         return load_task(spec)
     return load_task_file(spec)
+
+
+def _check_prompt(prompt: str | None) -> None:
+    if prompt is not None and not prompt:
+        raise _UsageError("--prompt is empty. Pass the context text, or leave out --prompt where it is optional.")
+
+
+def _check_context_arguments(args: argparse.Namespace) -> None:
+    """Reject bad values of a gains or identify run before the model loads, so they fail in a second."""
+    _check_prompt(args.prompt)
+    _check_task(args.task)
+    if args.report is not None:
+        from steercontrol.report import check_report_directory
+
+        check_report_directory(args.report)
 
 
 def _prepare_context(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, str]:
     """Return the model, task, concept directions, readout and prompt of a gains or identify run."""
     from steercontrol.concepts import concept_directions, projection_readout
 
-    model = _load_model(args.model)
     task = _load_task(args.task)
+    model = _load_model(args.model)
     directions = concept_directions(model, task, evaluate_split=None)
     readout = projection_readout(directions)
     prompt = args.prompt if args.prompt is not None else task.split("heldout")[0][0]
@@ -308,6 +377,7 @@ def _say(args: argparse.Namespace, text: str = "") -> None:
 def _run_gains(args: argparse.Namespace) -> dict[str, Any]:
     from steercontrol.sensitivity import measure_gains
 
+    _check_context_arguments(args)
     model, task, directions, readout, prompt = _prepare_context(args)
     ids = model.tokenize(prompt)["input_ids"][0]
     profile = measure_gains(model, ids, directions.directions, readout, method=args.method, eps=args.eps)
@@ -316,7 +386,7 @@ def _run_gains(args: argparse.Namespace) -> dict[str, Any]:
     _say(args, f"{'layer':>5}  {'gain':>12}")
     for layer, gain in enumerate(np.atleast_1d(profile.gains)):
         _say(args, f"{layer:>5}  {float(gain):>12.6g}")
-    return {
+    result = {
         "model": model.name,
         "task": task.name,
         "prompt": prompt,
@@ -325,18 +395,56 @@ def _run_gains(args: argparse.Namespace) -> dict[str, Any]:
         "baseline": profile.baseline.tolist(),
         "gains": profile.gains.tolist(),
     }
+    if args.report is not None:
+        from steercontrol.report import write_gains_report
+
+        report = write_gains_report(args.report, profile, model=model, task=task, directions=directions, prompt=prompt)
+        _say(args, f"Wrote {report}")
+        result["report"] = str(report)
+    return result
 
 
 def _run_identify(args: argparse.Namespace) -> dict[str, Any]:
     from steercontrol.identify import identify
     from steercontrol.io import save_surrogate
+    from steercontrol.prefix import FrozenContext
 
+    _check_context_arguments(args)
     model, task, directions, readout, prompt = _prepare_context(args)
-    ids = model.tokenize(prompt)["input_ids"][0]
-    identified = identify(model, ids, directions.directions, readout, order=args.order)
+    if args.order > model.hidden_size:
+        raise _UsageError(
+            f"--order {args.order} exceeds the hidden size {model.hidden_size} of {model.name}. "
+            f"Pass --order {model.hidden_size} or less."
+        )
+    context = FrozenContext(model, model.tokenize(prompt)["input_ids"][0])
+    identified = identify(model, context, directions.directions, readout, order=args.order)
+    predicted = np.asarray(identified.surrogate.gain_profile())
+    result: dict[str, Any] = {
+        "model": model.name,
+        "task": task.name,
+        "prompt": prompt,
+        "order": args.order,
+        "seconds": identified.seconds,
+        "predicted_gains": predicted.tolist(),
+    }
+    measured = None
+    if args.report is not None:
+        from steercontrol.report import gain_agreement
+        from steercontrol.sensitivity import measure_gains
+
+        measured = measure_gains(
+            model, context.input_ids, directions.directions, readout, eps=_REPORT_EPS, context=context
+        )
+        # JSON has no nan, so an undefined correlation (a constant profile) is written as null.
+        agreement = {
+            name: value if math.isfinite(value) else None
+            for name, value in zip(("spearman", "pearson"), gain_agreement(predicted, measured.gains), strict=True)
+        }
+        result.update(measured_gains=measured.gains.tolist(), **agreement)
     path = save_surrogate(
         identified.surrogate, args.out, model=model, extra_metadata={"task": task.name, "prompt": prompt}
     )
+    result["out"] = str(path)
 
     _say(
         args,
@@ -344,15 +452,22 @@ def _run_identify(args: argparse.Namespace) -> dict[str, Any]:
         f"in {identified.seconds:.2f} s.",
     )
     _say(args, f"Wrote {path}")
-    return {
-        "model": model.name,
-        "task": task.name,
-        "prompt": prompt,
-        "order": args.order,
-        "seconds": identified.seconds,
-        "predicted_gains": np.asarray(identified.surrogate.gain_profile()).tolist(),
-        "out": str(path),
-    }
+    if measured is not None:
+        from steercontrol.report import write_identify_report
+
+        report = write_identify_report(
+            args.report,
+            identified,
+            measured,
+            model=model,
+            task=task,
+            directions=directions,
+            prompt=prompt,
+            surrogate_path=path,
+        )
+        _say(args, f"Wrote {report}")
+        result["report"] = str(report)
+    return result
 
 
 def _plan_schedule(surrogate: Any, args: argparse.Namespace) -> Any:
@@ -366,13 +481,41 @@ def _plan_schedule(surrogate: Any, args: argparse.Namespace) -> Any:
     return rule(controller, args.target_shift)
 
 
+def _check_plan_arguments(args: argparse.Namespace) -> None:
+    """Reject bad values of a plan run before the model loads."""
+    if args.schedule != "min_energy" and (args.layers is not None or args.max_amplitude is not None):
+        raise _UsageError(
+            f"--layers and --max-amplitude apply only to --schedule min_energy, not {args.schedule}. "
+            "Leave them out, or pass --schedule min_energy."
+        )
+    if args.target_shift == 0:
+        raise _UsageError("invalid --target-shift 0. Pass a non-zero readout change, in readout units.")
+    if args.report is not None:
+        from steercontrol.report import check_report_directory
+
+        check_report_directory(args.report)
+
+
+def _check_plan_surrogate(surrogate: Any, args: argparse.Namespace) -> None:
+    """Reject options that do not fit the loaded surrogate."""
+    n_layers = surrogate.n_layers
+    outside = [layer for layer in args.layers or () if layer >= n_layers]
+    if outside:
+        raise _UsageError(
+            f"--layers includes {outside}, but the surrogate {args.surrogate} has {n_layers} layers. "
+            f"Pass indices in 0-{n_layers - 1}."
+        )
+    if args.schedule != "min_energy" and any(width != 1 for width in surrogate.input_widths):
+        raise _UsageError(
+            f"--schedule {args.schedule} needs one input per layer, but the surrogate {args.surrogate} has input "
+            f"widths {sorted(set(surrogate.input_widths))}. Use --schedule min_energy."
+        )
+
+
 def _run_plan(args: argparse.Namespace) -> dict[str, Any]:
     from steercontrol.io import load_surrogate, save_schedule
 
-    if args.schedule != "min_energy" and (args.layers is not None or args.max_amplitude is not None):
-        raise _UsageError(f"--layers and --max-amplitude apply only to --schedule min_energy, not {args.schedule}")
-    if not math.isfinite(args.target_shift) or args.target_shift == 0:
-        raise ConfigurationError(f"Invalid --target-shift {args.target_shift}; pass a finite, non-zero readout change.")
+    _check_plan_arguments(args)
     _require_file(args.surrogate)
     model = _load_model(args.model)
     surrogate = load_surrogate(args.surrogate, model=model)
@@ -381,7 +524,13 @@ def _run_plan(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.surrogate} has no input directions, so its schedule cannot be mapped to injection "
             "vectors. Identify the surrogate again with 'steercontrol identify'."
         )
+    _check_plan_surrogate(surrogate, args)
     schedule = _plan_schedule(surrogate, args)
+    comparison = None
+    if args.report is not None:
+        from steercontrol.report import compare_with_heuristics
+
+        comparison = compare_with_heuristics(surrogate, schedule)
     path = save_schedule(schedule, args.out, input_directions=surrogate.input_directions, model=model)
 
     amplitudes = [float(np.linalg.norm(a)) for a in schedule.amplitudes]
@@ -394,7 +543,7 @@ def _run_plan(args: argparse.Namespace) -> dict[str, Any]:
     for layer, amplitude in enumerate(amplitudes):
         _say(args, f"{layer:>5}  {amplitude:>12.6g}")
     _say(args, f"Wrote {path}")
-    return {
+    result: dict[str, Any] = {
         "model": model.name,
         "schedule": schedule.name,
         "status": schedule.status,
@@ -404,6 +553,21 @@ def _run_plan(args: argparse.Namespace) -> dict[str, Any]:
         "input_norms": amplitudes,
         "out": str(path),
     }
+    if comparison is not None:
+        from steercontrol.report import write_plan_report
+
+        report = write_plan_report(
+            args.report,
+            schedule,
+            surrogate,
+            model=model,
+            surrogate_path=args.surrogate,
+            schedule_path=path,
+            comparison=comparison,
+        )
+        _say(args, f"Wrote {report}")
+        result.update(heuristics=comparison, report=str(report))
+    return result
 
 
 def _load_vectors(path: Path, model: Any = None) -> tuple[Any, np.ndarray]:
@@ -420,6 +584,7 @@ def _load_vectors(path: Path, model: Any = None) -> tuple[Any, np.ndarray]:
 def _run_generate(args: argparse.Namespace) -> dict[str, Any]:
     from steercontrol.generation_metrics import generate_continuations
 
+    _check_prompt(args.prompt)
     _require_file(args.schedule)
     model = _load_model(args.model)
     schedule, vectors = _load_vectors(args.schedule, model)
@@ -490,10 +655,6 @@ def _run_benchmark(forwarded: list[str]) -> int:
 # Entry point
 
 
-class _UsageError(Exception):
-    """An option combination that argparse cannot express; reported like an argparse error."""
-
-
 def _exit_code(exit_request: SystemExit) -> int:
     code = exit_request.code
     if code is None:
@@ -512,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on invalid usage, 1 when the command fails.
+        0 on success, 2 on an invalid argument, 1 when the run fails.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "benchmark":
@@ -532,8 +693,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"steercontrol {args.command}: error: {error}", file=sys.stderr)
         return 2
-    # OSError covers missing files and folders. SteerControlError covers invalid values, files written
-    # for another model (ModelMismatchError) and solver failures.
+    # The argument checks run before the main work, so an error raised after them is a failure of the run.
+    # OSError covers files and folders that are missing or cannot be written. SteerControlError covers corrupt
+    # files, files made on another model (ModelMismatchError), models that fail to load and infeasible plans.
     except (SteerControlError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
