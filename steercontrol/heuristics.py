@@ -212,7 +212,8 @@ def best_single_layer(source: SurrogateOrController, target_shift: Any, *, measu
     """
     controller = _as_controller(source)
     if measured_gains is None:
-        magnitudes = np.linalg.norm(controller._stacked, axis=0)
+        # One norm per layer over its gain block (n_out, m_k), not one per input column.
+        magnitudes = np.array([np.linalg.norm(gain) for gain in controller._gains])
         gain_source = "surrogate"
     else:
         gains = np.asarray(measured_gains, dtype=np.float64)

@@ -546,6 +546,13 @@ def test_best_single_layer_defaults_to_surrogate():
     assert schedule.metadata["gain_source"] == "surrogate"
 
 
+def test_best_single_layer_with_vector_inputs_names_the_widths():
+    # Twelve input columns over four layers: the error must be about widths, not a column index.
+    sys = random_surrogate(46, n_layers=4, widths=[3, 3, 3, 3])
+    with pytest.raises(ConfigurationError, match=r"one input per layer.*\(3, 3, 3, 3\)"):
+        best_single_layer(sys, 1.0)
+
+
 def test_best_single_layer_rejects_wrong_length():
     with pytest.raises(ShapeError, match="measured_gains"):
         best_single_layer(random_surrogate(44), 1.0, measured_gains=np.ones(3))
