@@ -40,10 +40,12 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -62,6 +64,7 @@ from steercontrol.testing import TINY_FAMILIES, tiny_model
 logger = logging.getLogger("scaling")
 
 GPT2_FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+QUICK_GPT2_FAMILY = ("gpt2", "gpt2-medium")
 PUBLISHED_GPT2 = {"gpt2": 0.77, "gpt2-medium": 0.81, "gpt2-large": 0.995}
 """Mean Spearman at d = 32 as published for the method; not measured here."""
 ORDERS = (1, 2, 4, 8, 16, 32)
@@ -84,6 +87,25 @@ def _hub_cached(name: str) -> bool:
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_resolves() -> bool:
+    """Whether the hub's host name resolves: a name lookup only, which fails at once offline.
+
+    A download attempt instead waits through about 25 s of retries per model.
+    """
+    try:
+        from huggingface_hub.constants import ENDPOINT
+    except ImportError:
+        return False
+    host = urlparse(ENDPOINT).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def load_named_model(name: str, *, device: torch.device, device_map: str | None) -> SteerableModel:
@@ -213,7 +235,7 @@ def run_model(model: SteerableModel, args: argparse.Namespace, workers: Workers)
     items: list[tuple[str, torch.Tensor]] = []
     for task_name in args.tasks:
         task = load_task(task_name)
-        directions = concept_directions(model, task, evaluate_split=None)
+        directions = concept_directions(model, task, evaluate_split=None, max_per_class=args.max_per_class)
         readouts[task_name] = (directions.directions, projection_readout(directions))
         texts, _ = task.split("heldout")
         rng = np.random.default_rng(args.seed)
@@ -259,9 +281,15 @@ def choose_models(args: argparse.Namespace) -> tuple[list[str], dict[str, str], 
     if args.models is not None:
         return list(args.models), {}, None
     candidates, skipped = [], {}
-    for name in GPT2_FAMILY:
-        if _hub_offline() and not _hub_cached(name):
-            skipped[name] = "HF_HUB_OFFLINE is set and the weights are not in the local hub cache"
+    family = QUICK_GPT2_FAMILY if args.quick else GPT2_FAMILY
+    offline = "HF_HUB_OFFLINE is set" if _hub_offline() else None
+    for name in family:
+        if _hub_cached(name):
+            candidates.append(name)
+            continue
+        offline = offline or (None if _hub_resolves() else "the hub's host name does not resolve (no network)")
+        if offline:
+            skipped[name] = f"{offline} and the weights are not in the local hub cache"
         else:
             candidates.append(name)
     return candidates, skipped, "default GPT-2 family"
@@ -445,6 +473,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--eps", type=float, default=0.1, help="injection size of the measured gains, model units (default: 0.1)"
     )
+    parser.add_argument(
+        "--max-per-class",
+        type=int,
+        default=None,
+        help="concept texts per class for the directions (default: all 126, or 48 with --quick)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the context sampling (default: 0)")
     parser.add_argument(
         "--device-map",
@@ -471,6 +505,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.contexts = 2 if args.quick else 8
     if args.contexts < 1:
         parser.error(f"--contexts must be >= 1, got {args.contexts}")
+    if args.max_per_class is None and args.quick:
+        args.max_per_class = 48
+    if args.max_per_class is not None and args.max_per_class < 1:
+        parser.error(f"--max-per-class must be >= 1, got {args.max_per_class}")
     args.orders = (
         _parse_list(args.orders, int, "--orders", parser) if args.orders else (QUICK_ORDERS if args.quick else ORDERS)
     )
@@ -505,6 +543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "contexts": args.contexts,
         "eps": args.eps,
         "seed": args.seed,
+        "max_per_class": args.max_per_class,
         "quick": args.quick,
         "processes": workers.world_size,
         "models": {},
