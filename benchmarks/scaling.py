@@ -1,9 +1,10 @@
 """Scaling study: surrogate agreement against model size.
 
-The method's headline claim is that at a fixed surrogate order d, agreement
-between predicted and measured layer gains grows with model size (published
-for GPT-2: mean Spearman about 0.77, 0.81 and 0.995 for gpt2, gpt2-medium and
-gpt2-large at d = 32; not measured here). This script tests the claim on any
+The method's headline claim (Nettasinghe and Joseph, 2026, arXiv 2603.12541)
+is that at a fixed surrogate order d, agreement between predicted and
+measured layer gains grows with model size: for GPT-2 they report a mean
+Spearman of about 0.77, 0.81 and 0.995 for gpt2, gpt2-medium and gpt2-large
+at d = 32 (not measured here). This script tests the claim on any
 list of models. For each model and task, on held-out contexts, it reports:
 
 - the mean Spearman and Pearson correlation across layers between the gains
@@ -343,34 +344,45 @@ def _csv_text(results: dict[str, Any]) -> str:
 
 
 def plot_agreement_vs_size(results: dict[str, Any], path: Path) -> None:
-    """Mean Spearman of the first basis against parameter count, one line per task."""
+    """Mean Spearman of the first basis against parameter count: one line per task and their mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     models = sorted(results["models"].items(), key=lambda item: item[1]["params"])
+    params = [entry["params"] for _, entry in models]
     basis = results["bases"][0]
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    figure, axes = plt.subplots(figsize=(6.8, 4.4))
     for task_name in results["tasks"]:
-        params = [entry["params"] for _, entry in models]
         values = [entry["tasks"][task_name][basis]["llv"]["spearman"] for _, entry in models]
-        axes.plot(params, values, marker="o", label=task_name)
-    for name, entry in models:
-        axes.annotate(
-            name, (entry["params"], entry["spearman_mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8
+        axes.plot(params, values, marker="o", linewidth=1, alpha=0.8, label=task_name)
+    means = [entry["spearman_mean"] for _, entry in models]
+    axes.plot(params, means, marker="s", color="black", linewidth=2.2, label="mean over tasks")
+    published = [
+        (results["models"][name]["params"], value)
+        for name, value in PUBLISHED_GPT2.items()
+        if name in results["models"]
+    ]
+    if published:
+        axes.plot(
+            *zip(*published, strict=True),
+            linestyle="--",
+            color="gray",
+            marker="x",
+            label="published GPT-2 (not measured here)",
         )
-    published = [(name, value) for name, value in PUBLISHED_GPT2.items()]
-    if any(name in results["models"] for name, _ in published):
-        xs = [results["models"][name]["params"] for name, _ in published if name in results["models"]]
-        ys = [value for name, value in published if name in results["models"]]
-        axes.plot(xs, ys, linestyle="--", color="gray", marker="x", label="published GPT-2 (not measured here)")
     axes.set_xscale("log")
-    axes.set_xlabel("parameters (log scale)")
+    axes.set_xticks(params, [f"{name}\n{value / 1e6:.0f}M" for (name, _), value in zip(models, params, strict=True)])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    low, high = min(params), max(params)
+    axes.set_xlim(low / 1.25, high * 1.25)
+    axes.set_xlabel("model and parameter count (log scale)")
     axes.set_ylabel(f"mean Spearman, predicted vs measured gains\n({basis} basis, d = {results['order']})")
     axes.set_title("Surrogate agreement against model size")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     _atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)

@@ -75,6 +75,7 @@ class Workers:
     @property
     def device(self) -> torch.device:
         """This process's GPU when there is one, otherwise the CPU."""
+        # NOTE: the GPU branch has not been run; the tests cover CPU processes only.
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return torch.device("cpu")

@@ -530,6 +530,7 @@ def load_model(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # NOTE: device_map has been run here on a CPU only, never spread over several GPUs.
     placement: dict[str, Any] = {} if device_map is None else {"device_map": device_map}
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)

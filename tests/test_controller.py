@@ -546,7 +546,7 @@ def test_best_single_layer_defaults_to_surrogate():
     assert schedule.metadata["gain_source"] == "surrogate"
 
 
-def test_best_single_layer_with_vector_inputs_names_the_widths():
+def test_best_single_layer_vector_inputs_rejected():
     # Twelve input columns over four layers: the error must be about widths, not a column index.
     sys = random_surrogate(46, n_layers=4, widths=[3, 3, 3, 3])
     with pytest.raises(ConfigurationError, match=r"one input per layer.*\(3, 3, 3, 3\)"):

