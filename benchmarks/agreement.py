@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
 from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, projection_readout
@@ -49,6 +48,7 @@ from steercontrol.exceptions import SteerControlError
 from steercontrol.identify import BasisKind, identify, time_invariant
 from steercontrol.models import SteerableModel, load_model
 from steercontrol.prefix import FrozenContext
+from steercontrol.report import gain_agreement
 from steercontrol.sensitivity import measure_gains
 
 logger = logging.getLogger("agreement")
@@ -62,13 +62,6 @@ BASES: tuple[BasisKind, ...] = ("reachable", "krylov", "random")
 QUICK_BASES: tuple[BasisKind, ...] = ("reachable", "random")
 EPS_SWEEP = (0.01, 0.03, 0.1, 0.3, 0.5)
 QUICK_EPS_SWEEP = (0.01, 0.1, 0.5)
-
-
-def _correlations(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    # A constant profile has no ranking, so both correlations are undefined.
-    if np.ptp(predicted) == 0 or np.ptp(measured) == 0:
-        return math.nan, math.nan
-    return float(spearmanr(predicted, measured)[0]), float(pearsonr(predicted, measured)[0])
 
 
 def _mean(values: list[float]) -> float:
@@ -127,7 +120,7 @@ def evaluate_context(
     for d in orders:
         if d not in reachable:
             reachable[d] = identify(model, context, directions, readout, order=d, basis="reachable", seed=seed)
-        order_sweep[d] = _correlations(reachable[d].surrogate.gain_profile(), reference)
+        order_sweep[d] = gain_agreement(reachable[d].surrogate.gain_profile(), reference)
 
     basis_sweep = {}
     for basis in bases:
@@ -136,15 +129,15 @@ def evaluate_context(
             if basis == "reachable"
             else identify(model, context, directions, readout, order=order, basis=basis, seed=seed)
         )
-        basis_sweep[basis] = _correlations(identified.surrogate.gain_profile(), reference)
+        basis_sweep[basis] = gain_agreement(identified.surrogate.gain_profile(), reference)
 
     return {
-        "llv": _correlations(predicted, reference),
-        "lti": _correlations(time_invariant(main).gain_profile(), reference),
-        "linear": _correlations(predicted, linear),
+        "llv": gain_agreement(predicted, reference),
+        "lti": gain_agreement(time_invariant(main).gain_profile(), reference),
+        "linear": gain_agreement(predicted, linear),
         "order_sweep": order_sweep,
         "basis": basis_sweep,
-        "eps_sweep": {value: _correlations(predicted, measured[value]) for value in eps_sweep},
+        "eps_sweep": {value: gain_agreement(predicted, measured[value]) for value in eps_sweep},
         "prefix_seconds": prefix_seconds,
         "identify_seconds": identify_seconds,
         "reduction_seconds": main.seconds,

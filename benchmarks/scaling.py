@@ -50,7 +50,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 from tqdm import tqdm
 
 from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, projection_readout
@@ -59,6 +58,7 @@ from steercontrol.exceptions import ModelLoadError, SteerControlError
 from steercontrol.identify import BasisKind, identify, time_invariant
 from steercontrol.models import EMBEDDED_MODELS, SteerableModel, load_model
 from steercontrol.prefix import FrozenContext
+from steercontrol.report import gain_agreement
 from steercontrol.sensitivity import measure_gains
 from steercontrol.testing import TINY_FAMILIES, tiny_model
 
@@ -164,13 +164,6 @@ class PeakMemory:
 # Measurement
 
 
-def _correlations(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    # A constant profile has no ranking, so both correlations are undefined.
-    if np.ptp(predicted) == 0 or np.ptp(measured) == 0:
-        return math.nan, math.nan
-    return float(spearmanr(predicted, measured)[0]), float(pearsonr(predicted, measured)[0])
-
-
 def _mean(values: list[float]) -> float:
     finite = [value for value in values if np.isfinite(value)]
     return float(np.mean(finite)) if finite else math.nan
@@ -197,8 +190,8 @@ def evaluate_context(
         identified = identify(model, context, directions, readout, order=largest, basis=basis, seed=seed)
         main = identified.surrogate.truncated(order)
         entry = {
-            "llv": _correlations(main.gain_profile(), measured),
-            "sweep": {d: _correlations(identified.surrogate.truncated(d).gain_profile(), measured)[0] for d in orders},
+            "llv": gain_agreement(main.gain_profile(), measured),
+            "sweep": {d: gain_agreement(identified.surrogate.truncated(d).gain_profile(), measured)[0] for d in orders},
         }
         if position == 0:
             fit_source = (
@@ -206,7 +199,7 @@ def evaluate_context(
                 if largest == order
                 else identify(model, context, directions, readout, order=order, basis=basis, seed=seed)
             )
-            entry["lti"] = _correlations(time_invariant(fit_source).gain_profile(), measured)
+            entry["lti"] = gain_agreement(time_invariant(fit_source).gain_profile(), measured)
         row["bases"][basis] = entry
     return row
 
