@@ -121,8 +121,16 @@ def load_named_model(name: str, *, device: torch.device, device_map: str | None)
     return load_model(name, device=device, device_map=device_map)
 
 
-def _count_parameters(model: SteerableModel) -> int:
-    return int(sum(param.numel() for param in model.model.parameters()))
+def _count_parameters(model: SteerableModel) -> tuple[int, int]:
+    """Return the parameter count, in all and without the token embedding and unembedding."""
+    total = int(sum(param.numel() for param in model.model.parameters()))
+    embeddings = {
+        id(module.weight): module.weight.numel()
+        for module in (model.model.get_input_embeddings(), model.model.get_output_embeddings())
+        if module is not None
+    }
+    # A tied unembedding is the same tensor as the embedding and counts once.
+    return total, total - int(sum(embeddings.values()))
 
 
 class PeakMemory:
@@ -311,7 +319,18 @@ def _csv_text(results: dict[str, Any]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     orders = results["orders"]
     writer.writerow(
-        ["model", "params", "task", "basis", "order", "llv_spearman", "llv_pearson", "lti_spearman", "lti_pearson"]
+        [
+            "model",
+            "params",
+            "params_non_embedding",
+            "task",
+            "basis",
+            "order",
+            "llv_spearman",
+            "llv_pearson",
+            "lti_spearman",
+            "lti_pearson",
+        ]
         + [f"sweep_d{d}" for d in orders]
     )
     for name, entry in results["models"].items():
@@ -323,6 +342,7 @@ def _csv_text(results: dict[str, Any]) -> str:
                     [
                         name,
                         entry["params"],
+                        entry["params_non_embedding"],
                         task_name,
                         basis,
                         results["order"],
@@ -409,7 +429,8 @@ def _print_summary(results: dict[str, Any], stream: Any) -> None:
     )
     for name, entry in sorted(results["models"].items(), key=lambda item: item[1]["params"]):
         print(
-            f"\n{name}: {entry['params'] / 1e6:.1f}M parameters, {entry['n_layers']} layers, hidden "
+            f"\n{name}: {entry['params'] / 1e6:.1f}M parameters ({entry['params_non_embedding'] / 1e6:.1f}M "
+            f"without embeddings), {entry['n_layers']} layers, hidden "
             f"{entry['hidden_size']}; {entry['seconds']:.1f} s; peak memory {entry['peak_memory_mb']:.0f} MB "
             f"({entry['memory_kind']})",
             file=stream,
@@ -577,8 +598,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             skipped[name] = f"orders {too_large} exceed its hidden size {model.hidden_size}"
             return
         measured = run_model(model, args, workers)
+        params, params_non_embedding = _count_parameters(model)
         results["models"][name] = {
-            "params": _count_parameters(model),
+            "params": params,
+            "params_non_embedding": params_non_embedding,
             "n_layers": model.n_layers,
             "hidden_size": model.hidden_size,
             **measured,

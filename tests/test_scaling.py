@@ -75,6 +75,7 @@ def test_json_reports_params_and_mean_spearman(one_process):
     for entry in results["models"].values():
         assert isinstance(entry["params"], int)
         assert entry["params"] > 0
+        assert 0 < entry["params_non_embedding"] < entry["params"]
         spearmans = [task["krylov"]["llv"]["spearman"] for task in entry["tasks"].values()]
         assert entry["spearman_mean"] == pytest.approx(np.mean(spearmans))
         assert entry["peak_memory_mb"] > 0
