@@ -73,7 +73,7 @@ def tiny_model(
     import transformers
 
     vocab_size = 260
-    common = {"vocab_size": vocab_size, "pad_token_id": 256, "eos_token_id": 256, "bos_token_id": 256}
+    common: dict[str, Any] = {"vocab_size": vocab_size, "pad_token_id": 256, "eos_token_id": 256, "bos_token_id": 256}
     configs: dict[str, Any] = {
         "gpt2": lambda: transformers.GPT2Config(
             n_layer=n_layers, n_embd=hidden_size, n_head=4, n_positions=256, **common
@@ -114,7 +114,7 @@ def tiny_model(
             head_dim=hidden_size // 4,
             max_position_embeddings=256,
             sliding_window=8,
-            sliding_window_pattern=2,
+            layer_types=[("sliding_attention", "full_attention")[layer % 2] for layer in range(n_layers)],
             **common,
         ),
     }
