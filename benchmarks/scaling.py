@@ -559,6 +559,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except SteerControlError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
+    if args.device_map is not None and workers.world_size > 1:
+        # Every process would place its own copy of the model over all the GPUs.
+        print(
+            f"error: --device-map {args.device_map} spreads one model over all devices, so it cannot be combined "
+            f"with {workers.world_size} processes; run it without torchrun or accelerate launch",
+            file=sys.stderr,
+        )
+        stop_workers()
+        raise SystemExit(2)
     started = time.perf_counter()
     names, skipped, note = choose_models(args)
     results: dict[str, Any] = {

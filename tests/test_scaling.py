@@ -217,3 +217,12 @@ def test_start_workers_rejects_bad_environment(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigurationError, match="RANK=5"):
         start_workers()
+
+
+def test_device_map_with_several_processes_exits_2(monkeypatch, scaling, capsys, tmp_path):
+    monkeypatch.setattr(scaling, "start_workers", lambda: Workers(rank=0, world_size=2))
+    with pytest.raises(SystemExit) as exit_info:
+        scaling.main(["--models", "tiny-llama", "--device-map", "auto", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
