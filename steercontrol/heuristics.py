@@ -91,7 +91,7 @@ def _one_layer(controller: Controller, target_shift: Any, layer: int, name: str,
     )
 
 
-def uniform_all(source: SurrogateOrController, target_shift: Any) -> Schedule:
+def uniform_all(source: SurrogateOrController, target_shift: Any, *, layers: Any = None) -> Schedule:
     """Plan equal amplitudes at every layer, scaled to reach the target on the surrogate.
 
     Parameters
@@ -99,6 +99,9 @@ def uniform_all(source: SurrogateOrController, target_shift: Any) -> Schedule:
     source : Controller, LayerVaryingSurrogate or TimeInvariantSurrogate
         Surrogate with one input per layer.
     target_shift : float or array_like, (n_out,)
+    layers : iterable of int, optional
+        Spread the amplitudes over these layers only, for comparison with a
+        plan restricted to them. None means every layer.
 
     Returns
     -------
@@ -127,14 +130,10 @@ def uniform_all(source: SurrogateOrController, target_shift: Any) -> Schedule:
     array([2., 2.])
     """
     controller = _as_controller(source)
-    return _scaled_shape(
-        controller,
-        target_shift,
-        np.ones(controller.n_layers),
-        name="uniform_all",
-        layers=controller._all_layers,
-        metadata={},
-    )
+    allowed = _normalize_layers(layers, controller.n_layers)
+    shape = np.zeros(controller.n_layers)
+    shape[list(allowed)] = 1.0
+    return _scaled_shape(controller, target_shift, shape, name="uniform_all", layers=allowed, metadata={})
 
 
 def single_layer(source: SurrogateOrController, target_shift: Any, layer: int) -> Schedule:
@@ -162,10 +161,11 @@ def single_layer(source: SurrogateOrController, target_shift: Any, layer: int) -
     return _one_layer(_as_controller(source), target_shift, layer, f"single_layer_{layer}")
 
 
-def last_layer(source: SurrogateOrController, target_shift: Any) -> Schedule:
-    """Plan an injection at the last layer ``L-1`` only (see :func:`single_layer`)."""
+def last_layer(source: SurrogateOrController, target_shift: Any, *, layers: Any = None) -> Schedule:
+    """Plan an injection at the last layer ``L-1`` only, or the last of ``layers`` (see :func:`single_layer`)."""
     controller = _as_controller(source)
-    return _one_layer(controller, target_shift, controller.n_layers - 1, "last_layer")
+    allowed = _normalize_layers(layers, controller.n_layers)
+    return _one_layer(controller, target_shift, allowed[-1], "last_layer")
 
 
 def middle_layer(source: SurrogateOrController, target_shift: Any) -> Schedule:
@@ -191,7 +191,9 @@ def random_single_layer(source: SurrogateOrController, target_shift: Any, *, see
     return _one_layer(controller, target_shift, layer, "random_single_layer", seed=seed)
 
 
-def best_single_layer(source: SurrogateOrController, target_shift: Any, *, measured_gains: Any = None) -> Schedule:
+def best_single_layer(
+    source: SurrogateOrController, target_shift: Any, *, measured_gains: Any = None, layers: Any = None
+) -> Schedule:
     """Plan an injection at the layer with the largest gain magnitude.
 
     Parameters
@@ -202,6 +204,8 @@ def best_single_layer(source: SurrogateOrController, target_shift: Any, *, measu
         Gains measured on the full model. With several outputs the norm of
         each row is used. When None the surrogate's own gains are used, and
         ``metadata["gain_source"]`` records which. Ties go to the earlier layer.
+    layers : iterable of int, optional
+        Choose among these layers only. None means every layer.
 
     Raises
     ------
@@ -226,7 +230,8 @@ def best_single_layer(source: SurrogateOrController, target_shift: Any, *, measu
             raise ConfigurationError("measured_gains contains NaN or infinite entries.")
         magnitudes = np.abs(gains) if gains.ndim == 1 else np.linalg.norm(gains, axis=1)
         gain_source = "measured"
-    layer = int(np.argmax(magnitudes))
+    allowed = list(_normalize_layers(layers, controller.n_layers))
+    layer = allowed[int(np.argmax(magnitudes[allowed]))]
     return _one_layer(controller, target_shift, layer, "best_single_layer", gain_source=gain_source)
 
 

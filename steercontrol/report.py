@@ -164,6 +164,8 @@ def compare_with_heuristics(
 
     Notes
     -----
+    Each heuristic uses only ``schedule.layers``, the layers the plan was
+    allowed: uniform over them, the last of them, or the best of them.
     ``best_single_layer`` picks the layer by the surrogate's gains, because a
     plan has no measured profile. For scalar gains the ratios are
     :math:`L \\sum_k g_k^2 / (\\sum_k g_k)^2` (uniform) and
@@ -188,7 +190,7 @@ def compare_with_heuristics(
             "Pass a schedule with a non-zero target."
         )
     controller = Controller(surrogate)
-    rules: dict[str, Callable[[Controller, Any], Schedule]] = {
+    rules: dict[str, Callable[..., Schedule]] = {
         "uniform_all": heuristics.uniform_all,
         "last_layer": heuristics.last_layer,
         "best_single_layer": heuristics.best_single_layer,
@@ -202,7 +204,7 @@ def compare_with_heuristics(
             comparison[name] = {"energy": None, "energy_ratio": None, "layers": None, "error": reason}
             continue
         try:
-            heuristic = rules[name](controller, schedule.target_shift)
+            heuristic = rules[name](controller, schedule.target_shift, layers=schedule.layers)
         except (ConfigurationError, UnreachableTargetError) as error:
             comparison[name] = {"energy": None, "energy_ratio": None, "layers": None, "error": str(error)}
             continue
@@ -636,10 +638,10 @@ def _comparison_section(schedule: Schedule, comparison: Mapping[str, Mapping[str
     lines = [
         "## Comparison with heuristic schedules",
         "",
-        "Each heuristic is planned on the same surrogate for the same target and readout. The energy ratio",
-        f"divides its energy by the total energy of this schedule ({energy} {ENERGY_UNIT}),",
-        "so a ratio above 1 means the heuristic needs more energy. The best single layer is chosen by the",
-        "surrogate's gains.",
+        "Each heuristic is planned on the same surrogate for the same target and readout, on the layers",
+        "this schedule was allowed: uniform over them, the last of them, or the one with the largest",
+        "surrogate gain. The energy ratio divides its energy by the total energy of this schedule",
+        f"({energy} {ENERGY_UNIT}), so a ratio above 1 means the heuristic needs more energy.",
         "",
     ]
     header = ["schedule", "layers used", f"energy ({ENERGY_UNIT})", "energy ratio (this schedule = 1)", "note"]

@@ -683,3 +683,19 @@ def test_linear_modules_do_not_import_torch():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_heuristics_respect_allowed_layers():
+    sys = scalar_surrogate([5.0, 0.1, 2.0, 1.0, 0.5])
+    allowed = (1, 2, 3)
+    uniform = uniform_all(sys, 1.0, layers=allowed)
+    assert uniform.layers == allowed
+    assert np.allclose(uniform.amplitude_profile(), [0.0, 1 / 3.1, 1 / 3.1, 1 / 3.1, 0.0])
+    assert last_layer(sys, 1.0, layers=allowed).layers == (3,)
+    assert best_single_layer(sys, 1.0, layers=allowed).layers == (2,)
+    assert best_single_layer(sys, 1.0).layers == (0,)
+
+
+def test_heuristic_layers_out_of_range_rejected():
+    with pytest.raises(ConfigurationError, match="Layer index 7 is out of range"):
+        uniform_all(scalar_surrogate([1.0, 2.0]), 1.0, layers=[7])
