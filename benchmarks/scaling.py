@@ -41,12 +41,10 @@ import logging
 import math
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -56,7 +54,7 @@ from steercontrol.concepts import BUILTIN_TASKS, concept_directions, load_task, 
 from steercontrol.distributed import Workers, start_workers, stop_workers
 from steercontrol.exceptions import ModelLoadError, SteerControlError
 from steercontrol.identify import BasisKind, identify, time_invariant
-from steercontrol.models import EMBEDDED_MODELS, SteerableModel, load_model
+from steercontrol.models import EMBEDDED_MODELS, SteerableModel, hub_reachable, load_model
 from steercontrol.prefix import FrozenContext
 from steercontrol.report import gain_agreement
 from steercontrol.sensitivity import measure_gains
@@ -84,29 +82,6 @@ def _hub_cached(name: str) -> bool:
     except ImportError:
         return False
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_resolves() -> bool:
-    """Whether the hub's host name resolves: a name lookup only, which fails at once offline.
-
-    A download attempt instead waits through about 25 s of retries per model.
-    """
-    try:
-        from huggingface_hub.constants import ENDPOINT
-    except ImportError:
-        return False
-    host = urlparse(ENDPOINT).hostname
-    if not host:
-        return False
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
 
 
 def load_named_model(name: str, *, device: torch.device, device_map: str | None) -> SteerableModel:
@@ -284,22 +259,12 @@ def choose_models(args: argparse.Namespace) -> tuple[list[str], dict[str, str], 
         return list(args.models), {}, None
     candidates, skipped = [], {}
     family = QUICK_GPT2_FAMILY if args.quick else GPT2_FAMILY
-    offline = "HF_HUB_OFFLINE is set" if _hub_offline() else None
     for name in family:
-        if _hub_cached(name):
+        if _hub_cached(name) or hub_reachable():
             candidates.append(name)
-            continue
-        offline = offline or (None if _hub_resolves() else "the hub's host name does not resolve (no network)")
-        if offline:
-            skipped[name] = f"{offline} and the weights are not in the local hub cache"
         else:
-            candidates.append(name)
+            skipped[name] = "the hub is unreachable (offline, or HF_HUB_OFFLINE is set) and the weights are not cached"
     return candidates, skipped, "default GPT-2 family"
-
-
-def _hub_unreachable(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(word in text for word in ("connect", "offline", "resolve", "network", "name or service"))
 
 
 # Outputs
@@ -586,20 +551,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "note": None,
         "published_gpt2_not_measured_here": PUBLISHED_GPT2,
     }
-    hub_down = False
 
     def measure(name: str) -> None:
-        nonlocal hub_down
-        if hub_down and not Path(name).exists() and name not in EMBEDDED_MODELS and not _hub_cached(name):
-            skipped[name] = "the hub was unreachable for an earlier model and the weights are not cached"
-            return
         memory = PeakMemory(workers.device)
         memory.reset()
         model_started = time.perf_counter()
         try:
             model = load_named_model(name, device=workers.device, device_map=args.device_map)
         except ModelLoadError as error:
-            hub_down = hub_down or _hub_unreachable(error)
             skipped[name] = str(error).splitlines()[0]
             return
         too_large = [d for d in (args.order, *args.orders) if d > model.hidden_size]

@@ -16,11 +16,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "SteerableModel",
     "cache_dir",
+    "hub_reachable",
     "load_model",
 ]
 
@@ -532,23 +535,57 @@ def load_model(
 
     # NOTE: device_map has been run here on a CPU only, never spread over several GPUs.
     placement: dict[str, Any] = {} if device_map is None else {"device_map": device_map}
+    # Without network a hub download retries for about 25 s before it fails,
+    # so read only the local hub cache when the hub's host name does not resolve.
+    offline = not Path(name).is_dir() and not hub_reachable()
+    if offline:
+        placement["local_files_only"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)
-        loaded_tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+        loaded_tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, local_files_only=offline)
     except (OSError, ValueError) as error:
-        where = (
-            "a local directory"
-            if Path(name).is_dir()
-            else "neither an embedded name nor an existing local directory, so it was tried as a hub id"
-        )
+        if Path(name).is_dir():
+            where = "it is a local directory, and loading failed"
+        elif offline:
+            where = (
+                "it is neither an embedded name nor an existing local directory, and as a hub id it is not in "
+                "the local hub cache, while the hub is unreachable (offline, or HF_HUB_OFFLINE is set)"
+            )
+        else:
+            where = "it is neither an embedded name nor an existing local directory, and as a hub id loading failed"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not offline:
+            where += f" ({reason})"
         raise ModelLoadError(
-            f"Could not load model {name!r}: it is {where}, and loading failed ({reason}). Pass a local "
+            f"Could not load model {name!r}: {where}. Pass a local "
             f"directory, a hub id on a machine with hub access, or an embedded name ({', '.join(EMBEDDED_MODELS)})."
         ) from error
     if device_map is None:
         model = model.to(device)
     return wrap_model(model, loaded_tokenizer, name=name)
+
+
+def hub_reachable() -> bool:
+    """Return whether the model hub's host name resolves, by a name lookup only.
+
+    False when ``HF_HUB_OFFLINE`` is set, when the lookup fails (no network),
+    or when ``huggingface_hub`` is missing. A True result does not promise
+    that a download will succeed.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        from huggingface_hub.constants import ENDPOINT
+    except ImportError:
+        return False
+    host = urlparse(ENDPOINT).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _resolve_dtype(dtype: DTypeName | torch.dtype) -> torch.dtype:

@@ -14,6 +14,12 @@ from steercontrol.testing import TINY_FAMILIES, tiny_model
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_model_hub(monkeypatch):
+    """Keep every test off the network: hub ids resolve from the local hub cache only."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(params=TINY_FAMILIES)
 def any_tiny(request):
     """A tiny model of each supported family."""

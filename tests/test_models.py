@@ -149,3 +149,14 @@ def test_device_map_loads_local_model(tmp_path):
 def test_device_map_rejected_for_a_loaded_model():
     with pytest.raises(ConfigurationError, match="device_map"):
         load_model(tiny_model("gpt2").model, device_map="auto")
+
+
+def test_unreachable_hub_fails_fast_with_reason(monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    with pytest.raises(ModelLoadError, match="not in the local hub cache.*hub is unreachable"):
+        load_model("no-such-owner/no-such-model")
+
+
+def test_hub_reachable_false_when_offline_is_set(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_reachable() is False

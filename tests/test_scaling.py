@@ -160,14 +160,15 @@ def test_no_measured_model_exits_1_and_names_it(tmp_path, scaling, capsys):
     assert "absent" in capsys.readouterr().out
 
 
-def test_offline_default_list_skips_the_gpt2_family(monkeypatch, scaling):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_offline_default_list_skips_gpt2_family(monkeypatch, scaling):
     monkeypatch.setattr(scaling, "_hub_cached", lambda name: False)
     names, skipped, note = scaling.choose_models(scaling.parse_args([]))
     assert names == []
     assert set(skipped) == set(scaling.GPT2_FAMILY)
-    assert all("HF_HUB_OFFLINE" in reason for reason in skipped.values())
+    assert all("hub is unreachable" in reason for reason in skipped.values())
     assert note is not None
+    quick_names, quick_skipped, _ = scaling.choose_models(scaling.parse_args(["--quick"]))
+    assert set(quick_skipped) == set(scaling.QUICK_GPT2_FAMILY)
 
 
 @pytest.mark.parametrize(
