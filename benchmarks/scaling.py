@@ -321,6 +321,15 @@ def _csv_text(results: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def _short_count(count: int) -> str:
+    """Write a parameter count as 54k, 135M or 1.5B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
+    return str(count)
+
+
 def plot_agreement_vs_size(results: dict[str, Any], path: Path) -> None:
     """Mean Spearman of the first basis against parameter count: one line per task and their mean."""
     import matplotlib
@@ -352,7 +361,7 @@ def plot_agreement_vs_size(results: dict[str, Any], path: Path) -> None:
             label="published GPT-2 (not measured here)",
         )
     axes.set_xscale("log")
-    axes.set_xticks(params, [f"{name}\n{value / 1e6:.0f}M" for (name, _), value in zip(models, params, strict=True)])
+    axes.set_xticks(params, [f"{name}\n{_short_count(value)}" for (name, _), value in zip(models, params, strict=True)])
     axes.xaxis.set_minor_formatter(NullFormatter())
     low, high = min(params), max(params)
     axes.set_xlim(low / 1.25, high * 1.25)
@@ -375,15 +384,29 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
 
 def growth_verdict(results: dict[str, Any]) -> str:
-    """One sentence: does mean agreement grow with parameter count on the models measured?"""
+    """Say whether mean agreement grows with parameter count on the models measured.
+
+    The agreement is the mean Spearman of the first basis at the main order.
+    The models are ordered by total parameters; when the order without
+    embeddings differs, the sentence says so.
+    """
     models = sorted(results["models"].items(), key=lambda item: item[1]["params"])
     if len(models) < 2:
         return "Fewer than two models were measured, so growth with size cannot be judged."
+    measure = f"mean Spearman, {results['bases'][0]} basis, d = {results['order']}"
     values = [entry["spearman_mean"] for _, entry in models]
     chain = " -> ".join(f"{name} {entry['spearman_mean']:.3f}" for name, entry in models)
-    if all(later > earlier for earlier, later in zip(values[:-1], values[1:], strict=True)):
-        return f"Agreement grows with size on the models measured: {chain}."
-    return f"Agreement does not grow with size on the models measured: {chain}."
+    grows = all(later > earlier for earlier, later in zip(values[:-1], values[1:], strict=True))
+    verdict = "grows" if grows else "does not grow"
+    sentence = f"Agreement ({measure}) {verdict} with total parameter count on the models measured: {chain}."
+    by_total = [name for name, _ in models]
+    by_core = [name for name, _ in sorted(models, key=lambda item: item[1].get("params_non_embedding", 0))]
+    if by_total != by_core:
+        sentence += (
+            " Ordered by parameters without embeddings the models rank differently "
+            f"({' < '.join(by_core)}), so size is ambiguous here."
+        )
+    return sentence
 
 
 def _print_summary(results: dict[str, Any], stream: Any) -> None:
@@ -592,7 +615,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["seconds"] = time.perf_counter() - started
     results["verdict"] = growth_verdict(results)
 
-    if workers.is_main:
+    if workers.is_main and not results["models"]:
+        for name, reason in results["skipped"].items():
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        print(f"error: no model could be measured, so nothing was written to {args.out}", file=sys.stderr)
+    elif workers.is_main:
         write_outputs(results, args.out)
         _print_summary(results, sys.stdout)
         print(f"Total time: {results['seconds']:.1f} s; files in {args.out}")
@@ -601,8 +628,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workers.barrier()
     stop_workers()
     if not results["models"]:
-        if workers.is_main:
-            print("error: no model could be measured; see the skipped models above", file=sys.stderr)
         raise SystemExit(1)
     return results
 

@@ -157,7 +157,8 @@ def test_no_measured_model_exits_1_and_names_it(tmp_path, scaling, capsys):
             ]
         )
     assert exit_info.value.code == 1
-    assert "absent" in capsys.readouterr().out
+    assert "absent" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_offline_default_list_skips_gpt2_family(monkeypatch, scaling):
@@ -189,12 +190,28 @@ def test_bad_arguments_exit_2(scaling, capsys, argv, message):
 
 
 @pytest.mark.parametrize(
-    ("values", "expected"),
-    [((0.5, 0.7, 0.9), "grows with size"), ((0.5, 0.9, 0.7), "does not grow"), ((0.5,), "Fewer than two")],
+    ("values", "cores", "expected"),
+    [
+        ((0.5, 0.7, 0.9), (1, 2, 3), "grows with total parameter count"),
+        ((0.5, 0.9, 0.7), (1, 2, 3), "does not grow"),
+        ((0.5,), (1,), "Fewer than two"),
+        ((0.5, 0.7), (2, 1), "rank differently (m1 < m0)"),
+    ],
 )
-def test_growth_verdict(scaling, values, expected):
-    models = {f"m{i}": {"params": 10 ** (i + 1), "spearman_mean": value} for i, value in enumerate(values)}
-    assert expected in scaling.growth_verdict({"models": models})
+def test_growth_verdict(scaling, values, cores, expected):
+    models = {
+        f"m{i}": {"params": 10 ** (i + 1), "params_non_embedding": core, "spearman_mean": value}
+        for i, (value, core) in enumerate(zip(values, cores, strict=True))
+    }
+    verdict = scaling.growth_verdict({"models": models, "bases": ["krylov"], "order": 32})
+    assert expected in verdict
+    if len(values) > 1:
+        assert "krylov basis, d = 32" in verdict
+
+
+@pytest.mark.parametrize(("count", "text"), [(53792, "54k"), (134_515_008, "135M"), (1_557_611_200, "1.6B")])
+def test_short_parameter_count(scaling, count, text):
+    assert scaling._short_count(count) == text
 
 
 def test_workers_shard_and_gather_in_item_order():
