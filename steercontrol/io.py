@@ -144,6 +144,10 @@ def _write_atomic(arrays: dict[str, np.ndarray], fields: dict[str, Any], path: P
         safetensors.numpy.save_file(contiguous, temporary, metadata=header)
         with open(temporary, "r+b") as handle:
             os.fsync(handle.fileno())
+        # Give the file the mode a plain open() would, under the user's umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

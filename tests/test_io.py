@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -121,6 +123,15 @@ def test_layer_varying_round_trip(tmp_path):
     loaded = load_surrogate(save_surrogate(surrogate, tmp_path / "lv.safetensors"))
     assert loaded.state_dims == (3, 5, 2, 4)
     assert_same_surrogate(loaded, surrogate)
+
+
+def test_saved_file_mode_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_surrogate(layer_varying(), tmp_path / "shared.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_time_invariant_round_trip(tmp_path):
