@@ -647,7 +647,7 @@ def _run_benchmark(forwarded: list[str]) -> int:
     except SystemExit as exit_request:
         return _exit_code(exit_request)
     except (SteerControlError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{_command_line_hint(error)}", file=sys.stderr)
         return 1
     return 0
 
@@ -660,6 +660,20 @@ def _exit_code(exit_request: SystemExit) -> int:
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
+
+
+def _command_line_hint(error: BaseException) -> str:
+    """Return the command-line form of a library error's advice, which names Python functions and arguments."""
+    from steercontrol.exceptions import InfeasibleError
+
+    text = str(error)
+    if "Load it with load_surrogate" in text:
+        return " On the command line, pass it to plan --surrogate."
+    if "Load it with load_schedule" in text:
+        return " On the command line, pass it to generate --schedule or export --schedule."
+    if isinstance(error, InfeasibleError):
+        return " On the command line, raise --max-amplitude or widen --layers."
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -697,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OSError covers files and folders that are missing or cannot be written. SteerControlError covers corrupt
     # files, files made on another model (ModelMismatchError), models that fail to load and infeasible plans.
     except (SteerControlError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{_command_line_hint(error)}", file=sys.stderr)
         return 1
 
     if args.json:

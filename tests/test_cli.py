@@ -178,8 +178,24 @@ def test_plan_max_amplitude_caps_inputs(capsys, artifacts, tmp_path):
 def test_plan_infeasible_cap_returns_1(capsys, artifacts, tmp_path):
     argv = ["plan", *TINY, "--surrogate", str(artifacts["surrogate"]), "--target-shift", "50"]
     assert cli.main([*argv, "--max-amplitude", "0.01", "--out", str(tmp_path / "c.safetensors")]) == 1
-    _assert_one_line_error(capsys.readouterr(), "max_amplitude=0.01")
+    error = capsys.readouterr()
+    _assert_one_line_error(error, "max_amplitude=0.01")
+    assert "raise --max-amplitude or widen --layers" in error.err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "kind", "hint"),
+    [
+        ("generate", "--schedule", "surrogate", "pass it to plan --surrogate"),
+        ("plan", "--surrogate", "schedule", "pass it to generate --schedule"),
+    ],
+)
+def test_wrong_artifact_kind_names_the_option(capsys, artifacts, tmp_path, command, option, kind, hint):
+    argv = [command, *TINY, option, str(artifacts[kind])]
+    argv += ["--prompt", "x"] if command == "generate" else ["--target-shift", "1", "--out", str(tmp_path / "p.st")]
+    assert cli.main(argv) == 1
+    assert hint in capsys.readouterr().err
 
 
 def test_generate_prints_both_continuations(capsys, artifacts):
