@@ -389,7 +389,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="4 contexts per task, 4 pooled contexts and 48 concept texts per class for the directions",
     )
-    parser.add_argument("--out", type=Path, default=None, help="folder for JSON, CSV and PNG outputs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for report.md, JSON, CSV and PNG outputs (default: none, print the summary only)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)

@@ -701,6 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.quiet:
+        # transformers draws its weight-loading progress bars outside the logging levels.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
     try:
         result = args.handler(args)
