@@ -156,3 +156,15 @@ def test_agreement_rejects_order_above_hidden_size(agreement, capsys):
         agreement.main(["--orders", "4,64", "--no-progress"], model=tiny_model("llama"))
 
     assert "exceed the hidden size 32" in capsys.readouterr().err
+
+
+def test_lti_fits_compares_every_fit(capsys):
+    script = load_script("lti_fits")
+    argv = ["--tasks", "sentiment", "--contexts", "2", "--order", "8", "--realize-orders", "1,2", "--json"]
+    returned = script.main(argv, model=tiny_model("llama"))
+    printed = last_json_line(capsys)
+    assert set(printed["fits"]) == {"common_basis", "common_basis_gains", "realize_1", "realize_2"}
+    for name, row in returned["fits"].items():
+        assert row["contexts"] == 2
+        assert printed["fits"][name]["pearson"] == pytest.approx(row["pearson"], nan_ok=True)
+        assert row["spectral_radius_median"] >= 0

@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 
 from steercontrol.exceptions import ConfigurationError, ShapeError
-from steercontrol.reduction import balanced_truncation, fit_time_invariant, hankel_singular_values
+from steercontrol.reduction import balanced_truncation, fit_time_invariant, hankel_singular_values, realize_gains
 from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
 RTOL = 1e-10
@@ -480,3 +480,45 @@ def test_truncation_rejects_unknown_method():
 def test_hankel_singular_values_reject_unstable():
     with pytest.raises(ConfigurationError, match="spectral radius"):
         hankel_singular_values(random_stable(40, d=3, m=1, p=1, radius=1.0 + 1e-3))
+
+
+def _scalar_gain_surrogate(gains):
+    return LayerVaryingSurrogate(A=[np.eye(1)] * len(gains), B=[np.array([[g]]) for g in gains], C=np.eye(1))
+
+
+def test_realize_gains_recovers_planted_order():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((3, 3))
+    A /= 1.2 * np.abs(np.linalg.eigvals(A)).max()
+    planted = TimeInvariantSurrogate(A=A, B=rng.standard_normal((3, 1)), C=rng.standard_normal((1, 3)), n_steps=20)
+    llv = _scalar_gain_surrogate(planted.gain_profile())
+    exact = realize_gains(llv, 3)
+    assert np.allclose(exact.gain_profile(), planted.gain_profile(), atol=1e-10)
+    assert exact.metadata["fit"]["gain_error"] < 1e-18
+    assert realize_gains(llv, 6).metadata["order"] == 3  # capped at the Hankel rank
+    assert realize_gains(llv, 1).metadata["fit"]["gain_error"] > 1e-3
+
+
+def test_realize_gains_vector_outputs():
+    rng = np.random.default_rng(4)
+    planted = TimeInvariantSurrogate(
+        A=0.5 * np.eye(2) + 0.1 * rng.standard_normal((2, 2)),
+        B=rng.standard_normal((2, 2)),
+        C=rng.standard_normal((3, 2)),
+        n_steps=10,
+    )
+    llv = planted.as_layer_varying()
+    realized = realize_gains(llv, 2)
+    assert all(np.allclose(a, b, atol=1e-9) for a, b in zip(realized.gains(), planted.gains(), strict=True))
+    assert realized.to_statespace().dt == 1
+
+
+@pytest.mark.parametrize("order", [0, 11, 2.5, True])
+def test_realize_gains_rejects_bad_order(order):
+    with pytest.raises(ConfigurationError, match=r"order must be an integer in 1\.\.10"):
+        realize_gains(_scalar_gain_surrogate(np.linspace(1.0, 2.0, 20)), order)
+
+
+def test_realize_gains_rejects_zero_gains():
+    with pytest.raises(ConfigurationError, match="All gains are zero"):
+        realize_gains(_scalar_gain_surrogate(np.zeros(6)), 2)
