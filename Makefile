@@ -1,5 +1,5 @@
 # The two commands of the README. Each one installs what it needs first.
-.PHONY: setup benchmark quick scaling scaling-quick test lint
+.PHONY: setup benchmark quick scaling scaling-quick test lint typecheck
 
 setup:
 	bash scripts/setup.sh
@@ -22,3 +22,6 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check steercontrol tests benchmarks examples
+
+typecheck: setup
+	.venv/bin/mypy steercontrol

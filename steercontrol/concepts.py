@@ -588,7 +588,10 @@ def logit_difference_readout(
         return ids
 
     positive, negative = to_ids(positive_tokens), to_ids(negative_tokens)
-    weight = model.unembed.weight.detach().float().cpu().numpy()
+    unembedding = model.unembed.weight
+    if not isinstance(unembedding, torch.Tensor):
+        raise ConfigurationError(f"The unembedding of {model.name} has no weight matrix, so no logit readout exists.")
+    weight = unembedding.detach().float().cpu().numpy()
     bias_vector = getattr(model.unembed, "bias", None)
     bias = bias_vector.detach().float().cpu().numpy() if bias_vector is not None else np.zeros(weight.shape[0])
     row = weight[positive].mean(0) - weight[negative].mean(0)
@@ -612,9 +615,9 @@ def probe_readout(weight: np.ndarray, bias: np.ndarray | float = 0.0, *, descrip
         (n_outputs,) or a scalar.
     """
     weight = np.atleast_2d(np.asarray(weight, dtype=np.float64))
-    bias = np.broadcast_to(np.asarray(bias, dtype=np.float64), (weight.shape[0],)).copy()
+    bias_vector = np.broadcast_to(np.asarray(bias, dtype=np.float64), (weight.shape[0],)).copy()
     if weight.ndim != 2:
         raise ShapeError(f"Probe weight must be (hidden,) or (n_outputs, hidden), got shape {weight.shape}.")
-    if not np.isfinite(weight).all() or not np.isfinite(bias).all():
+    if not np.isfinite(weight).all() or not np.isfinite(bias_vector).all():
         raise ConfigurationError("Probe weight and bias must be finite.")
-    return Readout(weight, bias, "probe", description)
+    return Readout(weight, bias_vector, "probe", description)

@@ -130,7 +130,7 @@ class Linearization:
         if self.method == "forward" and not self._forward_failed:
             try:
                 with _eager_attention(self.model.model):
-                    _, product = torch.func.jvp(block, (primal,), (tangents,))
+                    product = torch.func.jvp(block, (primal,), (tangents,))[1]
                 return product.detach()
             except (RuntimeError, NotImplementedError) as error:
                 self._forward_failed = True

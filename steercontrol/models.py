@@ -441,7 +441,7 @@ def _load_embedded(
             gguf_path = _find_gguf(spec, Path(scratch))
             logger.info("First load of %s: dequantising %s (20-45 s on two cores).", name, gguf_path.name)
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
             )
             try:
@@ -523,13 +523,12 @@ def load_model(
                 "device_map applies while loading weights, but an already loaded model was given; "
                 "pass its hub id or directory instead, or place it yourself and leave device_map unset."
             )
-        model = name_or_path.to(device=device, dtype=torch_dtype)
-        return wrap_model(model, tokenizer)
+        return wrap_model(name_or_path.to(device=device, dtype=torch_dtype), tokenizer)
 
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
-        model, loaded_tokenizer = _load_embedded(name, torch_dtype, device, device_map)
-        return wrap_model(model, tokenizer or loaded_tokenizer, name=name)
+        embedded, embedded_tokenizer = _load_embedded(name, torch_dtype, device, device_map)
+        return wrap_model(embedded, tokenizer or embedded_tokenizer, name=name)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -541,7 +540,7 @@ def load_model(
     if offline:
         placement["local_files_only"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)
         loaded_tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, local_files_only=offline)
     except (OSError, ValueError) as error:
         if Path(name).is_dir():

@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["plot_gain_profiles", "plot_energy_ratios", "plot_schedule_profiles"]
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +145,7 @@ def plot_schedule_profiles(
     return _save(figure, path, plt)
 
 
-def _save(figure, path: str | Path, plt) -> Path:  # type: ignore[no-untyped-def]
+def _save(figure, path: str | Path, plt) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a failed save leaves no partial file.

@@ -193,7 +193,7 @@ class FrozenContext:
         call = self._block_calls[layer]
         block = self.model.blocks[layer]
         keys, values = self.prefix[layer] if self.prefix else (None, None)
-        frozen = _PrefixOnlyCache(keys, values) if keys is not None else None
+        frozen = _PrefixOnlyCache(keys, values) if keys is not None and values is not None else None
 
         # The model passes its cache positionally to some blocks (GPT-2) and by
         # keyword to others, so swap it wherever it appears.

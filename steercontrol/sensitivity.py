@@ -146,11 +146,11 @@ def measure_gains(
 
     if method == "adjoint":
         assert frozen is not None
-        gains, baseline = _adjoint_gains(model, frozen, v, readout)
+        linear_gains, linear_baseline = _adjoint_gains(model, frozen, v, readout)
         sizes = np.full(model.n_layers, np.nan)
         return GainProfile(
-            gains=gains[:, 0] if readout.n_outputs == 1 else gains,
-            baseline=baseline,
+            gains=linear_gains[:, 0] if readout.n_outputs == 1 else linear_gains,
+            baseline=linear_baseline,
             eps=sizes,
             method=method,
             readout=readout.to_dict(),
