@@ -664,13 +664,11 @@ def _exit_code(exit_request: SystemExit) -> int:
 
 def _command_line_hint(error: BaseException) -> str:
     """Return the command-line form of a library error's advice, which names Python functions and arguments."""
-    from steercontrol.exceptions import InfeasibleError
+    from steercontrol.exceptions import ArtifactKindError, InfeasibleError
 
-    text = str(error)
-    if "Load it with load_surrogate" in text:
-        return " On the command line, pass it to plan --surrogate."
-    if "Load it with load_schedule" in text:
-        return " On the command line, pass it to generate --schedule or export --schedule."
+    if isinstance(error, ArtifactKindError):
+        options = {"surrogate": "plan --surrogate", "schedule": "generate --schedule or export --schedule"}
+        return f" On the command line, pass it to {options[error.found]}."
     if isinstance(error, InfeasibleError):
         return " On the command line, raise --max-amplitude or widen --layers."
     return ""

@@ -15,6 +15,7 @@ __all__ = [
     "ShapeError",
     "DataError",
     "ModelMismatchError",
+    "ArtifactKindError",
     "InfeasibleError",
     "UnreachableTargetError",
     "SolverError",
@@ -53,6 +54,21 @@ class DataError(SteerControlError, ValueError):
 
 class ModelMismatchError(SteerControlError, ValueError):
     """An artifact was made on a different model than the one it is used with."""
+
+
+class ArtifactKindError(DataError):
+    """A saved file is another kind of steercontrol artifact than the one requested.
+
+    Attributes
+    ----------
+    found, expected : str
+        The kind in the file and the kind requested: ``"surrogate"`` or ``"schedule"``.
+    """
+
+    def __init__(self, message: str, *, found: str, expected: str) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
 
 
 class InfeasibleError(SteerControlError, ValueError):

@@ -37,7 +37,7 @@ import safetensors
 import safetensors.numpy
 
 from steercontrol import __version__
-from steercontrol.exceptions import ConfigurationError, DataError, ModelMismatchError, ShapeError
+from steercontrol.exceptions import ArtifactKindError, ConfigurationError, DataError, ModelMismatchError, ShapeError
 from steercontrol.schedule import Schedule, _to_jsonable
 from steercontrol.system import LayerVaryingSurrogate, TimeInvariantSurrogate
 
@@ -109,9 +109,11 @@ def _decode_header(raw: dict[str, str] | None, path: Path, expected_format: str)
     file_format = fields[_FORMAT_KEY]
     if file_format != expected_format:
         if file_format in _LOADERS:
-            raise DataError(
+            raise ArtifactKindError(
                 f"{path} contains a steercontrol {file_format}, not a {expected_format}. "
-                f"Load it with {_LOADERS[file_format]}."
+                f"Load it with {_LOADERS[file_format]}.",
+                found=file_format,
+                expected=expected_format,
             )
         raise DataError(f"{path} has the unknown steercontrol format {file_format!r}.")
 

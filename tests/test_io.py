@@ -14,7 +14,7 @@ import safetensors.numpy
 from steercontrol import __version__
 from steercontrol.concepts import probe_readout
 from steercontrol.controller import Controller
-from steercontrol.exceptions import ConfigurationError, DataError, ModelMismatchError, ShapeError
+from steercontrol.exceptions import ArtifactKindError, ConfigurationError, DataError, ModelMismatchError, ShapeError
 from steercontrol.identify import identify, time_invariant
 from steercontrol.io import FORMAT_VERSION, load_schedule, load_surrogate, save_schedule, save_surrogate
 from steercontrol.schedule import Schedule
@@ -429,8 +429,10 @@ def test_inconsistent_arrays_rejected(tmp_path):
 
 def test_schedule_file_rejected_as_surrogate(tmp_path):
     path = save_schedule(uniform_schedule(), tmp_path / "schedule.safetensors")
-    with pytest.raises(DataError, match="Load it with load_schedule"):
+    with pytest.raises(DataError, match="Load it with load_schedule") as error:
         load_surrogate(path)
+    assert isinstance(error.value, ArtifactKindError)
+    assert (error.value.found, error.value.expected) == ("schedule", "surrogate")
 
 
 def test_surrogate_file_rejected_as_schedule(tmp_path):
