@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ from steercontrol.models import EMBEDDED_MODELS, SteerableModel, hub_reachable, 
 from steercontrol.prefix import FrozenContext
 from steercontrol.report import gain_agreement
 from steercontrol.sensitivity import measure_gains
-from steercontrol.testing import TINY_FAMILIES, tiny_model
+from steercontrol.testing import tiny_model_from_name
 
 logger = logging.getLogger("scaling")
 
@@ -70,7 +69,6 @@ ORDERS = (1, 2, 4, 8, 16, 32)
 QUICK_ORDERS = (4, 16, 32)
 BASES: tuple[BasisKind, ...] = ("krylov", "reachable")
 QUICK_TASKS = ("sentiment", "toxicity")
-_TINY_NAME = re.compile(r"tiny-(?P<family>[a-z0-9_]+?)(?:-(?P<layers>\d+)x(?P<hidden>\d+))?$")
 
 
 # Loading
@@ -86,14 +84,11 @@ def _hub_cached(name: str) -> bool:
 
 def load_named_model(name: str, *, device: torch.device, device_map: str | None) -> SteerableModel:
     """Load an embedded name, directory or hub id, or build ``tiny-<family>[-<layers>x<hidden>]``."""
-    match = _TINY_NAME.match(name)
-    if match and match["family"] in TINY_FAMILIES:
-        layers = int(match["layers"] or 4)
-        hidden = int(match["hidden"] or 32)
-        built = tiny_model(match["family"], n_layers=layers, hidden_size=hidden)  # type: ignore[arg-type]
-        built.name = name
-        return built
-    return load_model(name, device=device, device_map=device_map)
+    built = tiny_model_from_name(name)
+    if built is None:
+        return load_model(name, device=device, device_map=device_map)
+    built.name = name
+    return built
 
 
 def _count_parameters(model: SteerableModel) -> tuple[int, int]:

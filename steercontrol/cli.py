@@ -305,9 +305,9 @@ class _UsageError(Exception):
 
 def _load_model(name: str) -> Any:
     if name in TEST_MODELS:
-        from steercontrol.testing import tiny_model
+        from steercontrol.testing import tiny_model_from_name
 
-        return tiny_model(TEST_MODELS[name])  # type: ignore[arg-type]
+        return tiny_model_from_name(name)
     from steercontrol.models import load_model
 
     return load_model(name)

@@ -6,6 +6,7 @@ seeded random weights, and the tokenizer maps each byte to one token.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from steercontrol.models import SteerableModel, wrap_model
 
-__all__ = ["byte_tokenizer", "tiny_model", "TinyFamily", "TINY_FAMILIES"]
+__all__ = ["byte_tokenizer", "tiny_model", "tiny_model_from_name", "TinyFamily", "TINY_FAMILIES"]
 
 TinyFamily = Literal["gpt2", "llama", "gpt_neox", "gemma", "gemma3"]
 
@@ -128,6 +129,31 @@ def tiny_model(
     _widen_initialisation(model, seed)
     model = model.to(dtype)
     return wrap_model(model, byte_tokenizer(), name=f"tiny-{family}-{n_layers}x{hidden_size}-seed{seed}")
+
+
+_TINY_NAME = re.compile(r"tiny-(?P<family>[a-z0-9_]+?)(?:-(?P<layers>\d+)x(?P<hidden>\d+))?")
+
+
+def tiny_model_from_name(name: str) -> SteerableModel | None:
+    """Build the tiny model that ``tiny-<family>`` or ``tiny-<family>-<layers>x<hidden>`` names.
+
+    Returns None when ``name`` has another form or an unknown family, so the
+    caller can load it as a real model instead. Without a size the model has
+    4 blocks of hidden size 32, like :func:`tiny_model`.
+
+    Examples
+    --------
+    >>> tiny_model_from_name("tiny-gpt2-2x16").n_layers
+    2
+    >>> tiny_model_from_name("smollm2-135m") is None
+    True
+    """
+    match = _TINY_NAME.fullmatch(name)
+    if match is None or match["family"] not in TINY_FAMILIES:
+        return None
+    layers = int(match["layers"] or 4)
+    hidden = int(match["hidden"] or 32)
+    return tiny_model(match["family"], n_layers=layers, hidden_size=hidden)  # type: ignore[arg-type]
 
 
 def _widen_initialisation(model: nn.Module, seed: int) -> None:

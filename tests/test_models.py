@@ -11,7 +11,7 @@ from steercontrol import models
 from steercontrol.exceptions import ConfigurationError, ModelLoadError, UnsupportedModelError
 from steercontrol.models import load_model, wrap_model
 from steercontrol.prefix import FrozenContext
-from steercontrol.testing import tiny_model
+from steercontrol.testing import tiny_model, tiny_model_from_name
 
 
 def test_tiny_families_expose_blocks(any_tiny):
@@ -160,3 +160,18 @@ def test_unreachable_hub_fails_fast_with_reason(monkeypatch):
 def test_hub_reachable_false_when_offline_is_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models.hub_reachable() is False
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("tiny-llama", (4, 32)), ("tiny-gemma3-6x64", (6, 64)), ("tiny-gpt_neox-2x16", (2, 16))],
+)
+def test_tiny_model_from_name_builds_size(name, shape):
+    built = tiny_model_from_name(name)
+    assert built is not None
+    assert (built.n_layers, built.hidden_size) == shape
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "tiny-mamba", "tiny-llama-6x", "tiny-llama-6x64-extra"])
+def test_tiny_model_from_name_rejects_other_names(name):
+    assert tiny_model_from_name(name) is None
