@@ -9,21 +9,23 @@ list of models. For each model and task, on held-out contexts, it reports:
 
 - the mean Spearman and Pearson correlation across layers between the gains
   of the layer-varying surrogate (order d) and the gains measured on the full
-  model by batched finite injections, for each basis (Krylov, the published
-  recipe, first; reachable, ours, second);
+  model by batched finite injections. This is reported for each basis: first
+  Krylov, the published recipe, then reachable, ours;
 - the same for the time-invariant fit of the first basis;
 - an order sweep, from the leading block of the largest-order surrogate
   (both bases are nested, see ``LayerVaryingSurrogate.truncated``);
-- the parameter count, peak memory and wall time of each model.
+- the parameter count (in all and without embeddings), peak memory and wall
+  time of each model.
 
 Models that cannot be loaded are skipped with the reason. The default list is
-the GPT-2 family; when none of it loads (no hub access and no local copy), the
-embedded models are used instead, and the report says so.
+the GPT-2 family. When none of it loads (no hub access and no local copy),
+the embedded models are measured instead, and the report states it.
 
-Data-parallel: under ``torchrun --nproc-per-node N`` or ``accelerate launch
---num_processes N`` each process holds its own copy of the model, takes every
-N-th (task, context) item, and the results are gathered in item order, so the
-files are the same as from one process up to floating-point summation order.
+Data-parallel: under ``torchrun --nproc-per-node N``, or ``accelerate launch
+--multi_gpu --num_processes N`` on GPUs, each process loads its own copy of
+the model and takes every N-th (task, context) item. The results are gathered
+in item order, so the files are the same as from one process up to
+floating-point summation order.
 
 Run ``python benchmarks/scaling.py --help`` for the options. With ``--json``
 the last line of standard output is one JSON object with at least ``models``
@@ -58,8 +60,6 @@ from steercontrol.prefix import FrozenContext
 from steercontrol.report import gain_agreement
 from steercontrol.sensitivity import measure_gains
 from steercontrol.testing import tiny_model_from_name
-
-logger = logging.getLogger("scaling")
 
 GPT2_FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 QUICK_GPT2_FAMILY = ("gpt2", "gpt2-medium")
@@ -382,8 +382,8 @@ def growth_verdict(results: dict[str, Any]) -> str:
     """Say whether mean agreement grows with parameter count on the models measured.
 
     The agreement is the mean Spearman of the first basis at the main order.
-    The models are ordered by total parameters; when the order without
-    embeddings differs, the sentence says so.
+    The models are ordered by total parameters. When the order without
+    embeddings differs, the sentence states it.
     """
     models = sorted(results["models"].items(), key=lambda item: item[1]["params"])
     if len(models) < 2:
@@ -502,11 +502,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if args.models is not None:
         args.models = _parse_list(args.models, str, "--models", parser)
-    args.tasks = (
-        _parse_list(args.tasks, str, "--tasks", parser)
-        if args.tasks
-        else (QUICK_TASKS if args.quick else BUILTIN_TASKS)
-    )
+    if args.tasks:
+        args.tasks = _parse_list(args.tasks, str, "--tasks", parser)
+    else:
+        args.tasks = QUICK_TASKS if args.quick else BUILTIN_TASKS
     unknown = [task for task in args.tasks if task not in BUILTIN_TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(BUILTIN_TASKS)}")
@@ -518,9 +517,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_per_class = 48
     if args.max_per_class is not None and args.max_per_class < 1:
         parser.error(f"--max-per-class must be >= 1, got {args.max_per_class}")
-    args.orders = (
-        _parse_list(args.orders, int, "--orders", parser) if args.orders else (QUICK_ORDERS if args.quick else ORDERS)
-    )
+    if args.orders:
+        args.orders = _parse_list(args.orders, int, "--orders", parser)
+    else:
+        args.orders = QUICK_ORDERS if args.quick else ORDERS
     bad = [d for d in (args.order, *args.orders) if d < 1]
     if bad:
         parser.error(f"orders must be >= 1, got {bad}")

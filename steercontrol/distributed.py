@@ -1,7 +1,7 @@
 """Data-parallel sweeps over contexts, one process per device.
 
-Every process holds its own copy of the model and works on every N-th item
-of a sweep; the per-item results are then gathered, in item order, on all
+Every process loads its own copy of the model and works on every N-th item
+of a sweep. The per-item results are then gathered, in item order, on all
 processes. Only Python objects travel between processes, over the ``gloo``
 backend, so the same code runs on CPUs and GPUs.
 
@@ -106,8 +106,11 @@ class Workers:
             pairs = [pair for part in gathered for pair in part]
         indices = sorted(index for index, _ in pairs)
         if indices != list(range(len(indices))):
+            shown = str(indices[:10])
+            if len(indices) > 10:
+                shown += "..."
             raise ConfigurationError(
-                f"Gathered results have indices {indices[:10]}{'...' if len(indices) > 10 else ''}, "
+                f"Gathered results have indices {shown}, "
                 "not 0..n-1 once each; every process must call gather with the pairs from shard."
             )
         return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]

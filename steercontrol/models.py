@@ -79,7 +79,7 @@ class EmbeddedModel:
     assembler: str | None = None
     """Name of a function in ``package`` that writes the GGUF file to the path
     it is given and returns that path, for packages that ship the file in
-    chunks; None when the package holds the file itself."""
+    chunks. None when the package contains the file itself."""
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {

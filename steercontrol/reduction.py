@@ -267,11 +267,11 @@ def realize_gains(llv: LayerVaryingSurrogate | TimeInvariantSurrogate, order: in
     left, singular, right_t = np.linalg.svd(hankel, full_matrices=False)
     if singular[0] == 0:
         raise ConfigurationError("All gains are zero, so there is nothing to realise.")
-    kept = int(min(order, np.sum(singular > singular[0] * 1e-12)))
-    root = np.sqrt(singular[:kept])
-    observability = left[:, :kept] * root  # (rows * n_out, kept)
-    reachability = root[:, None] * right_t[:kept]  # (kept, columns * width)
-    A = (left[:, :kept] / root).T @ shifted @ (right_t[:kept].T / root)
+    state_order = int(min(order, np.sum(singular > singular[0] * 1e-12)))
+    root = np.sqrt(singular[:state_order])
+    observability = left[:, :state_order] * root  # (rows * n_out, state_order)
+    reachability = root[:, None] * right_t[:state_order]  # (state_order, columns * width)
+    A = (left[:, :state_order] / root).T @ shifted @ (right_t[:state_order].T / root)
     B = reachability[:, :width]
     C = observability[:n_out]
 
@@ -290,7 +290,7 @@ def realize_gains(llv: LayerVaryingSurrogate | TimeInvariantSurrogate, order: in
         "gain_error": _gain_error(gains, A, B, C),
         "hankel_singular_values": singular.tolist(),
     }
-    metadata.update({"kind": "time_invariant", "order": kept})
+    metadata.update({"kind": "time_invariant", "order": state_order})
     return fitted
 
 
